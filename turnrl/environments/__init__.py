@@ -1,0 +1,35 @@
+"""Environments: who answers the agent (the world side).
+
+``Environment`` is the async, Gymnasium-shaped contract; wrappers add limits;
+``ConversationEnvironment`` plays scenarios against a simulated user;
+``check_env`` verifies any environment against the contract. Built-in tasks
+live in ``turnrl.environments.tasks``.
+"""
+
+from turnrl.environments.base import Environment, StepResult, scenario_from_options
+from turnrl.environments.checker import EnvContractError, check_env
+from turnrl.environments.conversation import (
+    AgentUser,
+    CallableUser,
+    ConversationEnvironment,
+    ScriptedUser,
+    SimulatedUser,
+)
+from turnrl.environments.wrappers import EnvTimeoutError, Timeout, TurnLimit, Wrapper
+
+__all__ = [
+    "AgentUser",
+    "CallableUser",
+    "ConversationEnvironment",
+    "EnvContractError",
+    "EnvTimeoutError",
+    "Environment",
+    "ScriptedUser",
+    "SimulatedUser",
+    "StepResult",
+    "Timeout",
+    "TurnLimit",
+    "Wrapper",
+    "check_env",
+    "scenario_from_options",
+]

@@ -1,0 +1,19 @@
+"""Built-in tasks: small, checkable environments for demos, tests and benchmarks."""
+
+from turnrl.environments.tasks.arithmetic import (
+    ArithmeticEnvironment,
+    demonstration,
+    make_scenarios,
+    parse_answer,
+    question_text,
+    split_scenarios,
+)
+
+__all__ = [
+    "ArithmeticEnvironment",
+    "demonstration",
+    "make_scenarios",
+    "parse_answer",
+    "question_text",
+    "split_scenarios",
+]

@@ -1,0 +1,246 @@
+"""GenerationEngine: merge concurrent generation requests into batched ``generate`` calls.
+
+Many episodes run concurrently on one event loop, and each asks for one turn at
+a time. Run one by one, a small model spends most of its time on per-call
+overhead; batched, the same work costs little more than one call. The engine
+therefore queues requests and runs them together:
+
+- There is no background task. Whichever waiting request finds the engine
+  idle becomes the dispatcher: it first lets the event loop run until no new
+  request arrives (so episodes that just got their previous turn back can
+  step their environments and queue the next one), then runs one padded
+  ``generate`` in a worker thread, hands out the results and wakes everyone.
+  Only one batch runs at a time because there is one model.
+- Requests with different sampling settings are never mixed in one call.
+- Prompts are left-padded with an attention mask; transformers derives the
+  position ids from the mask, so a padded row computes what it would alone.
+- Log-probabilities are those of the sampled tokens under the model's
+  temperature-scaled distribution, without top-p or top-k truncation: the
+  same quantity the training forward pass computes (see
+  ``turnrl.training.logprobs``), so the PPO ratio starts at 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from turnrl.types import FinishReason
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn.
+
+    Attributes:
+        max_new_tokens: Most tokens to generate for one turn.
+        temperature: Softmax temperature; 0 means greedy decoding.
+        top_p: Nucleus sampling threshold (1.0 disables it).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Completion:
+    """What one request gets back."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    result: Completion | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters, for tests and benchmarks."""
+
+    requests: int = 0
+    generate_calls: int = 0
+    generated_tokens: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class ContextOverflowError(ValueError):
+    """A prompt plus ``max_new_tokens`` does not fit the model's context."""
+
+
+class GenerationEngine:
+    """Batches concurrent generation requests for one causal LM.
+
+    Args:
+        model: The model to sample from.
+        pad_token_id: Token used for left padding.
+        eos_token_ids: Tokens that end a turn.
+        max_batch_size: Most requests per ``generate`` call.
+        max_context: Longest prompt + completion the model accepts (defaults
+            to the model's ``max_position_embeddings`` when it has one).
+        settle_rounds: How many event-loop rounds without a new request the
+            dispatcher waits for before running a batch.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        pad_token_id: int,
+        eos_token_ids: Sequence[int],
+        max_batch_size: int = 256,
+        max_context: int | None = None,
+        settle_rounds: int = 3,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.eos_token_ids = list(eos_token_ids)
+        self.max_batch_size = max_batch_size
+        self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
+        self.settle_rounds = settle_rounds
+        self.stats = EngineStats()
+        self._pending: list[_Request] = []
+        self._busy = False
+        self._wakeup = anyio.Event()
+
+    async def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Completion:
+        """Sample a completion for ``prompt_ids``, batched with concurrent callers.
+
+        Raises:
+            ContextOverflowError: The prompt is too long for ``max_new_tokens``.
+        """
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty")
+        if self.max_context and len(prompt_ids) + params.max_new_tokens > self.max_context:
+            raise ContextOverflowError(
+                f"prompt of {len(prompt_ids)} tokens + max_new_tokens={params.max_new_tokens} "
+                f"exceeds the model's context of {self.max_context} tokens"
+            )
+        request = _Request(list(prompt_ids), params)
+        self._pending.append(request)
+        self.stats.requests += 1
+        while request.result is None and request.error is None:
+            if self._busy:
+                await self._wakeup.wait()
+                continue
+            self._busy = True
+            try:
+                await self._settle()
+                batch = self._take_batch()
+                await anyio.to_thread.run_sync(self._run_batch, batch)
+            finally:
+                self._busy = False
+                wakeup, self._wakeup = self._wakeup, anyio.Event()
+                wakeup.set()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    async def _settle(self) -> None:
+        """Let other episodes queue their requests before a batch is cut."""
+        quiet, seen = 0, -1
+        for _ in range(100 * self.settle_rounds):
+            if len(self._pending) >= self.max_batch_size:
+                return
+            await anyio.lowlevel.checkpoint()
+            quiet = quiet + 1 if len(self._pending) == seen else 0
+            seen = len(self._pending)
+            if quiet >= self.settle_rounds:
+                return
+
+    def _take_batch(self) -> list[_Request]:
+        params = self._pending[0].params
+        batch = [r for r in self._pending if r.params == params][: self.max_batch_size]
+        taken = {id(r) for r in batch}
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        return batch
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            completions = self._generate(batch)
+        except BaseException as e:  # every waiter must hear about it
+            for request in batch:
+                request.error = e
+            return
+        for request, completion in zip(batch, completions, strict=True):
+            request.result = completion
+
+    @torch.no_grad()
+    def _generate(self, batch: list[_Request]) -> list[Completion]:
+        params = batch[0].params
+        device = self.model.device
+        width = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, request in enumerate(batch):  # left padding
+            input_ids[row, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            attention_mask[row, width - len(request.prompt_ids) :] = 1
+        greedy = params.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+            )
+        finally:
+            self.model.train(was_training)
+        new_tokens = out.sequences[:, width:].cpu()  # (B, S)
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, S, V), unprocessed
+        if not greedy:
+            logits = logits / params.temperature
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1))
+        logprobs = logprobs.squeeze(-1)  # (B, S)
+
+        eos = torch.isin(new_tokens, torch.tensor(self.eos_token_ids))  # (B, S)
+        completions = []
+        for row in range(len(batch)):
+            hits = eos[row].nonzero()
+            if len(hits):
+                end, reason = int(hits[0]) + 1, "stop"
+            else:
+                end, reason = new_tokens.shape[1], "length"
+            completions.append(
+                Completion(
+                    token_ids=new_tokens[row, :end].tolist(),
+                    logprobs=logprobs[row, :end].tolist(),
+                    finish_reason=reason,
+                )
+            )
+        self.stats.generate_calls += 1
+        self.stats.batch_sizes.append(len(batch))
+        self.stats.generated_tokens += sum(len(c.token_ids) for c in completions)
+        return completions

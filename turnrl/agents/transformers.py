@@ -1,0 +1,175 @@
+"""TransformersAgent: any local Hugging Face causal LM and its chat template.
+
+The agent renders a conversation with the tokenizer's chat template, samples
+through a shared :class:`~turnrl.agents.engine.GenerationEngine` (so concurrent
+episodes are batched), and returns a :class:`~turnrl.types.Turn` holding the
+exact tokens.
+
+Token in, token out. When the conversation contains assistant messages that
+this agent sampled (they carry ``token_ids``), those ids are re-used as they
+are; only the text between them (user and tool messages, role markers) is
+tokenized, as the difference between two renderings of the chat template.
+A training sequence built from the turns therefore holds exactly the tokens
+the policy was conditioned on and sampled, which a decode/re-encode round
+trip does not guarantee. This needs a chat template whose rendering of a
+longer conversation extends the rendering of a shorter one; templates that
+rewrite earlier turns (some strip past reasoning) are reported with a clear
+error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from turnrl.agents.engine import GenerationEngine, SamplingParams
+from turnrl.types import Message, Turn
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer has no usable chat template."""
+
+
+class TransformersAgent:
+    """An agent backed by a Hugging Face causal LM.
+
+    Args:
+        model: The causal LM (the policy that training updates).
+        tokenizer: Its tokenizer; it must have a chat template.
+        sampling: Default sampling settings for :meth:`respond`.
+        max_batch_size: Most concurrent requests merged into one ``generate``.
+
+    Raises:
+        ChatTemplateError: The tokenizer has no chat template.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        *,
+        sampling: SamplingParams | None = None,
+        max_batch_size: int = 256,
+    ) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ChatTemplateError(
+                f"tokenizer {type(tokenizer).__name__} has no chat template; set "
+                "`tokenizer.chat_template` to a Jinja template (see the transformers "
+                "chat templating docs) before building a TransformersAgent"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingParams()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+        self.eos_token_ids: list[int] = list(eos) if isinstance(eos, list | tuple) else [eos]
+        self.engine = GenerationEngine(
+            model,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_ids=self.eos_token_ids,
+            max_batch_size=max_batch_size,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | str = "float32",
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> TransformersAgent:
+        """Load a model and tokenizer from a local directory (never from a hub).
+
+        Args:
+            path: A directory written by ``save_pretrained``.
+            dtype: Parameter dtype (``"float32"``, ``"bfloat16"``, ...).
+            device: Where to put the model (default: CUDA if available, else CPU).
+            **kwargs: Passed to the constructor.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a directory with a ``config.json``.
+        """
+        path = Path(path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no model at {str(path)!r}: expected a local directory containing config.json "
+                "(turnrl loads models from local paths only; download or save one first)"
+            )
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device), tokenizer, **kwargs)
+
+    async def respond(
+        self, conversation: Sequence[Message], *, sampling: SamplingParams | None = None
+    ) -> Turn:
+        """Sample the next assistant turn (batched with concurrent callers)."""
+        prompt_ids = self.encode(conversation)
+        completion = await self.engine.generate(prompt_ids, sampling or self.sampling)
+        text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        return Turn(
+            message=Message(role="assistant", content=text, token_ids=completion.token_ids),
+            prompt_ids=prompt_ids,
+            completion_ids=completion.token_ids,
+            logprobs=completion.logprobs,
+            finish_reason=completion.finish_reason,
+        )
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
+        """The chat template's text for ``messages``."""
+        return self.tokenizer.apply_chat_template(
+            [m.to_chat() for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def encode(
+        self, conversation: Sequence[Message], *, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of ``conversation``, re-using sampled assistant tokens.
+
+        Raises:
+            ChatTemplateError: The template renders a longer conversation in a
+                way that does not extend the shorter one.
+        """
+        messages = list(conversation)
+        ids: list[int] = []
+        done = ""  # rendered text already covered by `ids`
+        for i, message in enumerate(messages):
+            if message.role != "assistant" or message.token_ids is None:
+                continue
+            before = self.render(messages[:i], add_generation_prompt=True)
+            ids += self._tokenize(self._extension(done, before))
+            ids += message.token_ids
+            done = before + message.content
+            after = self.render(messages[: i + 1], add_generation_prompt=False)
+            self._extension(done, after)  # checks the template keeps the content verbatim
+            if message.token_ids and message.token_ids[-1] in self.eos_token_ids:
+                # The sampled eos already closes the turn; skip the template's copy of it.
+                eos_text = self.tokenizer.decode(message.token_ids[-1:])
+                if after[len(done) :].startswith(eos_text):
+                    done += eos_text
+        final = self.render(messages, add_generation_prompt=add_generation_prompt)
+        return ids + self._tokenize(self._extension(done, final))
+
+    @staticmethod
+    def _extension(prefix: str, text: str) -> str:
+        if not text.startswith(prefix):
+            raise ChatTemplateError(
+                "the chat template is not prefix-consistent: rendering a longer conversation "
+                "changed the text of earlier turns, so sampled tokens cannot be kept as they "
+                f"are. Expected the rendering to start with {prefix[-60:]!r}, got "
+                f"{text[: len(prefix)][-60:]!r}. Use a template that renders turns append-only."
+            )
+        return text[len(prefix) :]

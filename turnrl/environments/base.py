@@ -1,0 +1,166 @@
+"""The Environment contract: who answers the agent.
+
+An environment is Gymnasium-shaped but asynchronous, because environments in
+turnrl talk to simulated users, tools and judges that are themselves slow and
+concurrent (a simulated user may be another language model sharing the
+generation engine). The rollout runs many episodes at once on one event loop,
+so ``reset`` and ``step`` are coroutines and must never block it.
+
+One episode, as the rollout drives it::
+
+    env = template.clone()                      # one instance per episode
+    observation, info = await env.reset(seed=seed, options={"scenario": scenario})
+    while True:
+        turn = await agent.respond(conversation)
+        observation, reward, terminated, truncated, info = await env.step(turn.message)
+        if terminated or truncated:
+            break
+    await env.close()
+
+Choices, and why:
+
+* ``StepResult`` is a NamedTuple so it unpacks like Gymnasium's 5-tuple while
+  still having named fields for readable code (``result.truncated``).
+* An observation is the list of *new* messages to append to the conversation
+  (user, tool or system turns), not the whole conversation: the rollout owns
+  the conversation, and the assistant's own message is never echoed back.
+* ``terminated`` and ``truncated`` stay separate (see :class:`StepResult`).
+* Each episode runs on its own instance made by ``clone()`` (default: a deep
+  copy), so environments keep per-episode state on ``self`` without locks.
+  Subclasses holding resources that must not be copied (a model, a client,
+  a connection) override ``clone()``.
+* ``Environment`` is a plain base class rather than an ``abc.ABC``: a missing
+  ``reset``/``step`` fails when called, with a message naming the subclass,
+  and ``turnrl.environments.check_env`` reports it before training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from turnrl.types import Message, Scenario
+
+
+class StepResult(NamedTuple):
+    """What ``Environment.step`` returns; unpacks like Gymnasium's 5-tuple.
+
+    ``terminated`` and ``truncated`` mean different things to the learner, which
+    is why they are never merged:
+
+    * ``terminated``: the task reached a terminal state (solved, failed for
+      good, the user left). Nothing follows, so the value of the next state is
+      0 and advantage estimators must not bootstrap past this step.
+    * ``truncated``: the episode was cut by a limit that is not part of the
+      task (turns, time, tokens). The task could have gone on, so GAE
+      bootstraps from the value of the next state instead of assuming 0.
+      Treating a truncation as a termination teaches the critic that the
+      state right before a limit is worthless, which biases the values.
+
+    Both may be False (the episode goes on); if both are True, ``terminated``
+    wins for bootstrapping.
+
+    Attributes:
+        observation: New messages to append after the assistant's message
+            (user, tool or system turns); ``[]`` is fine.
+        reward: The reward for the assistant's last message.
+        terminated: The task reached a terminal state: no bootstrapping.
+        truncated: The episode was cut by a limit: bootstrapping allowed.
+        info: Diagnostics (logged, and the last one kept on the trajectory).
+    """
+
+    observation: list[Message]
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+
+
+class Environment:
+    """Base class for turnrl environments: subclass it and write ``reset``/``step``.
+
+    Attributes:
+        scenarios: Optional scenarios the trainer may sample from when none
+            are passed to it explicitly. Shared by clones, so treat it as
+            read-only.
+    """
+
+    scenarios: Sequence[Scenario] = ()
+
+    async def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[list[Message], dict[str, Any]]:
+        """Start an episode.
+
+        The trainer calls ``reset(seed=..., options={"scenario": scenario})``;
+        :func:`scenario_from_options` extracts the scenario with a clear error.
+
+        Args:
+            seed: Seeds the episode's randomness, if the environment has any.
+            options: Episode options; ``options["scenario"]`` is the
+                :class:`~turnrl.types.Scenario` to play.
+
+        Returns:
+            ``(observation, info)``: the opening messages the agent answers
+            (usually ``scenario.prompt``), and a diagnostics dict.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `async def reset(self, *, seed=None, "
+            "options=None) -> tuple[list[Message], dict]`"
+        )
+
+    async def step(self, message: Message) -> StepResult:
+        """Answer the assistant's message.
+
+        Args:
+            message: The assistant message the agent just produced (with its
+                sampled ``token_ids``).
+
+        Returns:
+            A :class:`StepResult`; see it for ``terminated`` vs ``truncated``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `async def step(self, message) -> StepResult`"
+        )
+
+    def clone(self) -> Environment:
+        """A fresh, independent instance for one episode (default: a deep copy).
+
+        Override this when the environment holds something that must be shared
+        rather than copied (a model, an HTTP client) or cannot be copied at all.
+        A clone's ``reset``/``step`` must not affect the original.
+        """
+        return copy.deepcopy(self)
+
+    async def close(self) -> None:
+        """Release per-episode resources. Called once the episode is over."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def scenario_from_options(options: dict[str, Any] | None) -> Scenario:
+    """The scenario passed to ``reset`` as ``options["scenario"]``.
+
+    Args:
+        options: The ``options`` argument of ``reset``.
+
+    Returns:
+        The scenario.
+
+    Raises:
+        ValueError: ``options`` is missing or holds no ``Scenario`` under
+            ``"scenario"``.
+    """
+    if options is None:
+        got = "options=None"
+    elif "scenario" not in options:
+        got = f"options without a 'scenario' key (keys: {sorted(options)})"
+    elif not isinstance(options["scenario"], Scenario):
+        got = f"options['scenario'] of type {type(options['scenario']).__name__}"
+    else:
+        return options["scenario"]
+    raise ValueError(
+        f"reset() needs a scenario: call reset(options={{'scenario': Scenario(...)}}); got {got}"
+    )

@@ -1,0 +1,254 @@
+"""Arithmetic: the built-in task, small enough for the embedded character-level model.
+
+The agent is asked ``What is 3+4?`` and answers; a wrong answer earns
+``Wrong. Try again.`` until ``max_attempts`` are used. Rewards decay with the
+attempt that succeeds (``attempt_rewards``, default 1.0, 0.5, 0.25), so the
+return of an episode, the sum of its per-turn rewards, is 1.0 for a first-try
+answer, 0.5 for a second try, 0.25 for a third and 0 for never. That gives a
+multi-turn task whose credit assignment is easy to check by hand.
+
+Choices, and why:
+
+* Questions are short and unspaced (``What is 3+4?``) because the embedded
+  model is character-level with a small context.
+* The answer is the first integer in the reply (:func:`parse_answer`), so
+  ``7.`` or ``7 apples`` count; stricter formats belong in a reward function.
+* Running out of attempts *terminates* the episode: it is the task's own end,
+  not a limit, so there is nothing to bootstrap.
+* ``reset`` plays ``scenario.prompt`` when it has one (as built by
+  :func:`make_scenarios`), so a user can add a system prompt; otherwise it
+  asks :func:`question_text` from ``scenario.data``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from turnrl.environments.base import Environment, StepResult, scenario_from_options
+from turnrl.types import Message, Scenario, assistant, user
+
+OPS = {"+": "add", "-": "sub", "*": "mul"}
+RETRY_TEXT = "Wrong. Try again."
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def question_text(a: int, op: str, b: int) -> str:
+    """The question for ``a op b``.
+
+    >>> question_text(3, "+", 4)
+    'What is 3+4?'
+    """
+    return f"What is {a}{op}{b}?"
+
+
+def parse_answer(text: str) -> int | None:
+    """The first integer in ``text`` (with an optional leading ``-``), or ``None``.
+
+    >>> parse_answer("  -12 apples"), parse_answer("7."), parse_answer("no")
+    (-12, 7, None)
+    """
+    match = _INTEGER.search(text)
+    return int(match.group()) if match else None
+
+
+def _compute(a: int, op: str, b: int) -> int:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    raise ValueError(f"unknown op {op!r}; expected one of {sorted(OPS)}")
+
+
+def _opening(scenario: Scenario) -> list[Message]:
+    if scenario.prompt:
+        return list(scenario.prompt)
+    try:
+        a, op, b = scenario.data["a"], scenario.data["op"], scenario.data["b"]
+    except KeyError as e:
+        raise ValueError(
+            f"arithmetic scenario {scenario.id!r} has no prompt and no data[{e.args[0]!r}]"
+        ) from None
+    return [user(question_text(a, op, b))]
+
+
+def _answer(scenario: Scenario) -> int:
+    data = scenario.data
+    if "answer" in data:
+        return int(data["answer"])
+    try:
+        return _compute(data["a"], data["op"], data["b"])
+    except KeyError as e:
+        raise ValueError(
+            f"arithmetic scenario {scenario.id!r} needs data['answer'] or data "
+            f"'a', 'op', 'b'; missing {e.args[0]!r}"
+        ) from None
+
+
+class ArithmeticEnvironment(Environment):
+    """Answer ``a op b``, with up to ``max_attempts`` tries and decaying rewards.
+
+    Args:
+        scenarios: Scenarios from :func:`make_scenarios` (or with the same
+            ``data``: ``a``, ``b``, ``op``, ``answer``).
+        max_attempts: Answers allowed per episode (>= 1).
+        attempt_rewards: Reward for a correct answer at attempt 1, 2, ...;
+            needs at least ``max_attempts`` finite values.
+
+    Raises:
+        ValueError: ``max_attempts`` < 1, or too few / non-finite rewards.
+    """
+
+    def __init__(
+        self,
+        scenarios: Sequence[Scenario] = (),
+        *,
+        max_attempts: int = 3,
+        attempt_rewards: Sequence[float] = (1.0, 0.5, 0.25),
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        if len(attempt_rewards) < max_attempts:
+            raise ValueError(
+                f"attempt_rewards has {len(attempt_rewards)} values but max_attempts="
+                f"{max_attempts}: give one reward per attempt"
+            )
+        if not all(math.isfinite(r) for r in attempt_rewards):
+            raise ValueError(f"attempt_rewards must be finite, got {attempt_rewards!r}")
+        self.scenarios = tuple(scenarios)
+        self.max_attempts = max_attempts
+        self.attempt_rewards = tuple(float(r) for r in attempt_rewards)
+        self._answer: int | None = None
+        self._attempt = 0
+        self._done = False
+
+    async def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[list[Message], dict[str, Any]]:
+        scenario = scenario_from_options(options)
+        self._answer = _answer(scenario)
+        self._attempt = 0
+        self._done = False
+        return _opening(scenario), {"scenario_id": scenario.id}
+
+    async def step(self, message: Message) -> StepResult:
+        if self._answer is None:
+            raise RuntimeError("ArithmeticEnvironment.step() called before reset()")
+        if self._done:
+            raise RuntimeError("ArithmeticEnvironment.step() called after the episode ended")
+        self._attempt += 1
+        parsed = parse_answer(message.content)
+        correct = parsed == self._answer
+        info = {"correct": correct, "attempt": self._attempt, "answer": parsed}
+        if correct:
+            reward, observation, self._done = self.attempt_rewards[self._attempt - 1], [], True
+        elif self._attempt < self.max_attempts:
+            reward, observation = 0.0, [user(RETRY_TEXT)]
+        else:
+            reward, observation, self._done = 0.0, [], True
+        return StepResult(observation, reward, self._done, False, info)
+
+
+def make_scenarios(
+    *,
+    low: int = 0,
+    high: int = 9,
+    ops: Sequence[str] = ("+",),
+    n: int | None = None,
+    seed: int = 0,
+) -> list[Scenario]:
+    """All ``a op b`` questions with ``a, b`` in ``[low, high]``, shuffled.
+
+    For ``-`` only ``a >= b`` is included, so answers are never negative.
+
+    Args:
+        low: Smallest operand.
+        high: Largest operand (inclusive).
+        ops: Operators, from ``"+"``, ``"-"``, ``"*"``.
+        n: Keep the first ``n`` after shuffling; ``None`` keeps all.
+        seed: Seed of the shuffle (``random.Random(seed)``).
+
+    Returns:
+        Scenarios with ids like ``add-3-4``, ``sub-7-2``, ``mul-3-4``.
+
+    Raises:
+        ValueError: ``low > high``, an unknown op, or ``n`` outside
+            ``[0, number of questions]``.
+
+    >>> [s.id for s in make_scenarios(low=1, high=2, seed=0)]
+    ['add-2-1', 'add-1-1', 'add-1-2', 'add-2-2']
+    """
+    if low > high:
+        raise ValueError(f"low must be <= high, got low={low}, high={high}")
+    ops = tuple(dict.fromkeys(ops))  # duplicates would duplicate ids
+    if not ops or any(op not in OPS for op in ops):
+        raise ValueError(f"ops must be a non-empty subset of {sorted(OPS)}, got {ops!r}")
+    scenarios = [
+        Scenario(
+            id=f"{OPS[op]}-{a}-{b}",
+            prompt=[user(question_text(a, op, b))],
+            data={"a": a, "b": b, "op": op, "answer": _compute(a, op, b)},
+        )
+        for op in ops
+        for a, b in itertools.product(range(low, high + 1), repeat=2)
+        if op != "-" or a >= b
+    ]
+    random.Random(seed).shuffle(scenarios)
+    if n is None:
+        return scenarios
+    if not 0 <= n <= len(scenarios):
+        raise ValueError(f"n must be in [0, {len(scenarios)}] for these ranges and ops, got {n}")
+    return scenarios[:n]
+
+
+def split_scenarios(
+    scenarios: Sequence[Scenario], eval_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Scenario], list[Scenario]]:
+    """Split scenarios into disjoint train and eval lists, deterministically.
+
+    The eval list has ``round(len * eval_fraction)`` scenarios (at least one,
+    and leaving at least one for training), chosen with ``random.Random(seed)``.
+    Both lists keep the input order.
+
+    Args:
+        scenarios: Scenarios with distinct ids.
+        eval_fraction: Fraction held out for evaluation, in (0, 1).
+        seed: Seed of the choice.
+
+    Returns:
+        ``(train, eval)``.
+
+    Raises:
+        ValueError: ``eval_fraction`` outside (0, 1), fewer than 2 scenarios,
+            or duplicate ids (a duplicate could land on both sides).
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
+    if len(scenarios) < 2:
+        raise ValueError(f"need at least 2 scenarios to split, got {len(scenarios)}")
+    dupes = sorted(i for i, count in Counter(s.id for s in scenarios).items() if count > 1)
+    if dupes:
+        raise ValueError(f"scenario ids must be distinct to split, duplicated: {dupes[:5]}")
+    n_eval = min(max(round(len(scenarios) * eval_fraction), 1), len(scenarios) - 1)
+    eval_idx = set(random.Random(seed).sample(range(len(scenarios)), n_eval))
+    train = [s for i, s in enumerate(scenarios) if i not in eval_idx]
+    held_out = [s for i, s in enumerate(scenarios) if i in eval_idx]
+    return train, held_out
+
+
+def demonstration(scenario: Scenario) -> list[Message]:
+    """The conversation of a correct first answer, for a supervised warm start.
+
+    >>> scenario = next(s for s in make_scenarios() if s.id == "add-3-4")
+    >>> [(m.role, m.content) for m in demonstration(scenario)]
+    [('user', 'What is 3+4?'), ('assistant', '7')]
+    """
+    return [*_opening(scenario), assistant(str(_answer(scenario)))]

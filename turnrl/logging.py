@@ -1,0 +1,117 @@
+"""structlog setup and metric sinks (metrics.jsonl, console, wandb).
+
+Library code logs structlog events in snake_case with key-value pairs
+(``log.info("step_done", step=3)``); metrics are flat dicts keyed
+``namespace/name``. :class:`MetricsLogger` sends each step's metrics to every
+sink: ``metrics.jsonl`` in the run directory (always), a short console line,
+and wandb when enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+# The few numbers a person watches; everything else is in metrics.jsonl.
+CONSOLE_KEYS = (
+    ("rollout/reward_mean", "reward"),
+    ("eval/reward_mean", "eval"),
+    ("loss/policy", "loss"),
+    ("loss/kl", "kl"),
+    ("train/grad_norm", "gnorm"),
+    ("rollout/turns_mean", "turns"),
+    ("perf/step_s", "sec"),
+)
+
+_configured = False
+
+
+def configure_logging(level: str | int = "INFO", *, json_logs: bool = False) -> None:
+    """Route structlog events to stderr, readable (or as JSON lines)."""
+    global _configured
+    level_no = logging.getLevelName(level) if isinstance(level, str) else level
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), pad_event_to=18)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def ensure_logging() -> None:
+    """Configure logging once with the defaults, unless the user already did."""
+    if not _configured and not structlog.is_configured():
+        configure_logging()
+
+
+def console_line(step: int, metrics: dict[str, Any]) -> str:
+    """A one-line summary of a step's metrics."""
+    parts = [f"step {step:>4}"]
+    for key, short in CONSOLE_KEYS:
+        value = metrics.get(key)
+        if isinstance(value, int | float):
+            parts.append(f"{short} {value:.3f}" if abs(value) < 1e4 else f"{short} {value:.3g}")
+    return " | ".join(parts)
+
+
+class MetricsLogger:
+    """Writes each step's metrics to metrics.jsonl, the console and wandb.
+
+    Args:
+        run_dir: Where ``metrics.jsonl`` goes.
+        wandb_run: An initialized wandb run, or None.
+        console: Print a line per logged step to stderr.
+    """
+
+    def __init__(self, run_dir: str | Path, *, wandb_run: Any = None, console: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.wandb_run = wandb_run
+        self.console = console
+        self._log = structlog.get_logger("turnrl.metrics")
+
+    def log(self, step: int, metrics: dict[str, Any], *, echo: bool = True) -> None:
+        """Append one step's metrics (and echo a console line if asked)."""
+        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self.console and echo:
+            self._log.info(console_line(step, metrics))
+
+    def close(self) -> None:
+        """Finish the wandb run, if any."""
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; None marks it
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value

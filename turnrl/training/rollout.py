@@ -1,0 +1,158 @@
+"""Collect TrajectoryGroups: B scenarios x G episodes, all concurrent.
+
+Each episode runs on its own environment, made by ``env.clone()`` from the
+template the user passed, and talks to the shared agent, whose engine merges
+the concurrent ``respond`` calls into batched generation. A capacity limiter
+bounds how many episodes run at once.
+
+An episode whose environment (or agent) raises is kept as a failed
+trajectory (``error`` set, logged once with its scenario id) and dropped
+later; it never takes the step down with it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import structlog
+
+from turnrl.agents.base import Agent
+from turnrl.agents.engine import SamplingParams
+from turnrl.environments.base import Environment
+from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, flatten
+
+log = structlog.get_logger(__name__)
+
+
+async def run_episode(
+    agent: Agent,
+    env: Environment,
+    scenario: Scenario,
+    *,
+    seed: int | None = None,
+    sampling: SamplingParams | None = None,
+) -> Trajectory:
+    """Play one episode of ``scenario`` on a clone of ``env``.
+
+    Returns:
+        The trajectory; on an exception its ``error`` is set and it holds the
+        turns played so far.
+    """
+    trajectory = Trajectory(scenario=scenario)
+    episode_env: Environment | None = None
+    try:
+        episode_env = env.clone()
+        observation, info = await episode_env.reset(seed=seed, options={"scenario": scenario})
+        trajectory.initial_messages = list(observation)
+        conversation: list[Message] = list(observation)
+        while True:
+            turn = await (
+                agent.respond(conversation)
+                if sampling is None
+                else agent.respond(conversation, sampling=sampling)  # type: ignore[call-arg]
+            )
+            observation, reward, terminated, truncated, info = await episode_env.step(turn.message)
+            trajectory.turns.append(turn)
+            trajectory.env_messages.append(list(observation))
+            trajectory.env_rewards.append(float(reward))
+            conversation += [turn.message, *observation]
+            if terminated or truncated:
+                trajectory.terminated, trajectory.truncated = bool(terminated), bool(truncated)
+                trajectory.info = _jsonable(info)
+                break
+    except Exception as e:  # user code: any failure drops this episode only
+        trajectory.error = f"{type(e).__name__}: {e}"
+        log.warning("episode_failed", scenario_id=scenario.id, error=trajectory.error)
+    finally:
+        if episode_env is not None:
+            try:
+                await episode_env.close()
+            except Exception as e:
+                log.warning("env_close_failed", scenario_id=scenario.id, error=repr(e))
+    return trajectory
+
+
+async def collect(
+    agent: Agent,
+    env: Environment,
+    scenarios: Sequence[Scenario],
+    num_generations: int,
+    *,
+    max_concurrency: int = 256,
+    seed: int = 0,
+    sampling: SamplingParams | None = None,
+) -> list[TrajectoryGroup]:
+    """Run ``num_generations`` episodes of every scenario concurrently.
+
+    Args:
+        agent: The policy.
+        env: The template environment (cloned per episode).
+        scenarios: The B scenarios of this step.
+        num_generations: G, episodes per scenario.
+        max_concurrency: Most episodes running at once.
+        seed: Base seed; episode ``(i, j)`` resets with ``seed + i * G + j``.
+        sampling: Sampling settings (default: the agent's own).
+
+    Returns:
+        One group per scenario, in order, each with G trajectories in order.
+    """
+    limiter = anyio.CapacityLimiter(max_concurrency)
+    slots: list[list[Trajectory | None]] = [[None] * num_generations for _ in scenarios]
+
+    async def play(i: int, j: int) -> None:
+        async with limiter:
+            slots[i][j] = await run_episode(
+                agent, env, scenarios[i], seed=seed + i * num_generations + j, sampling=sampling
+            )
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(scenarios)):
+            for j in range(num_generations):
+                tg.start_soon(play, i, j)
+    return [
+        TrajectoryGroup(scenario=s, trajectories=[t for t in row if t is not None])
+        for s, row in zip(scenarios, slots, strict=True)
+    ]
+
+
+def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") -> dict[str, float]:
+    """Summary numbers of a set of groups (rewards over the non-failed trajectories)."""
+    everything = flatten(groups)
+    ok = [t for t in everything if not t.failed]
+    rewards = [t.reward if t.reward is not None else t.env_return for t in ok]
+    metrics: dict[str, float] = {
+        f"{prefix}/episodes": float(len(everything)),
+        f"{prefix}/failed": float(len(everything) - len(ok)),
+    }
+    if ok:
+        turns = [t.turns for t in ok]
+        metrics |= {
+            f"{prefix}/reward_mean": statistics.fmean(rewards),
+            f"{prefix}/reward_std": statistics.pstdev(rewards),
+            f"{prefix}/reward_max": max(rewards),
+            f"{prefix}/reward_min": min(rewards),
+            f"{prefix}/turns_mean": statistics.fmean(len(ts) for ts in turns),
+            f"{prefix}/completion_tokens_mean": statistics.fmean(
+                sum(len(turn.completion_ids) for turn in ts) for ts in turns
+            ),
+            f"{prefix}/truncated_frac": statistics.fmean(float(t.truncated) for t in ok),
+            f"{prefix}/finish_length_frac": statistics.fmean(
+                float(any(turn.finish_reason == "length" for turn in t.turns)) for t in ok
+            ),
+        }
+        components: dict[str, list[float]] = {}
+        for t in ok:
+            for name, value in t.reward_components.items():
+                components.setdefault(name, []).append(value)
+        for name, values in components.items():
+            metrics[f"{prefix}/reward/{name}"] = statistics.fmean(values)
+    return metrics
+
+
+def _jsonable(info: Any) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        return {}
+    return {k: v for k, v in info.items() if isinstance(v, str | int | float | bool | type(None))}

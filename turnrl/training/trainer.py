@@ -1,0 +1,265 @@
+"""The training loop: collect -> score -> build -> estimate -> update -> log.
+
+``Trainer(agent, env, rewards, config)`` owns the optimizer, the frozen
+reference model and the run directory; ``await trainer.train()`` runs
+``config.run.max_steps`` steps with evaluation on held-out scenarios before,
+every ``config.eval.every`` steps, and after training. Each step's numbers go
+to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from turnrl.agents.engine import SamplingParams
+from turnrl.agents.transformers import TransformersAgent
+from turnrl.environments.base import Environment
+from turnrl.environments.wrappers import TurnLimit
+from turnrl.logging import MetricsLogger, ensure_logging
+from turnrl.rewards import RewardFunction, combine, score_groups
+from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
+from turnrl.training.batch import build_batch
+from turnrl.training.config import TrainingConfig
+from turnrl.training.rollout import collect, rollout_metrics
+from turnrl.training.update import make_optimization, policy_update
+from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
+
+log = structlog.get_logger(__name__)
+
+Rewards = RewardFunction | Sequence[Callable] | Mapping[Callable, float] | None
+
+
+class Trainer:
+    """Trains ``agent`` on ``env`` with rewards from ``rewards``.
+
+    Args:
+        agent: The policy; its model is updated in place.
+        env: Template environment (cloned for every episode).
+        rewards: A RewardFunction, a list of functions (weight 1 each), a
+            ``{function: weight}`` mapping, or None (environment rewards only).
+        config: Training settings (default: the ``balanced`` profile).
+        scenarios: Training scenarios (default: ``env.scenarios``).
+        eval_scenarios: Held-out scenarios for evaluation (default: none).
+        estimator: A custom advantage estimator, overriding
+            ``config.algorithm.estimator``.
+
+    Raises:
+        ValueError: No scenarios to train on, or a setting the machine cannot
+            honour (fp16 without CUDA).
+    """
+
+    def __init__(
+        self,
+        agent: TransformersAgent,
+        env: Environment,
+        rewards: Rewards = None,
+        config: TrainingConfig | None = None,
+        *,
+        scenarios: Sequence[Scenario] | None = None,
+        eval_scenarios: Sequence[Scenario] | None = None,
+        estimator: AdvantageEstimator | None = None,
+    ) -> None:
+        ensure_logging()
+        self.config = config or TrainingConfig.from_profile("balanced")
+        self.agent = agent
+        self.policy = agent.model
+        self.device = next(self.policy.parameters()).device
+        self.scenarios = list(scenarios if scenarios is not None else getattr(env, "scenarios", ()))
+        if not self.scenarios:
+            raise ValueError(
+                "no training scenarios: pass scenarios=[...] to Trainer or give the environment "
+                "a non-empty `scenarios` list"
+            )
+        self.eval_scenarios = list(eval_scenarios or ())
+        if self.config.eval.max_scenarios is not None:
+            self.eval_scenarios = self.eval_scenarios[: self.config.eval.max_scenarios]
+        if self.config.optim.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("optim.precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+        max_turns = self.config.rollout.max_turns
+        self.env = TurnLimit(env, max_turns) if max_turns is not None else env
+        self.rewards = _as_reward(rewards)
+        self.estimator = estimator or ESTIMATORS[self.config.algorithm.estimator](
+            self.config.algorithm
+        )
+        self.ref_model = None
+        if self.config.algorithm.beta > 0:
+            self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.optim = make_optimization(self.policy, self.config)
+        gen = self.config.generation
+        self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
+        agent.engine.max_batch_size = gen.max_batch_size
+        self.run_dir = Path(self.config.run.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.json")
+        self.metrics = MetricsLogger(self.run_dir, wandb_run=self._init_wandb())
+        self.step_count = 0
+        self._order: list[int] = []
+        self._rng = random.Random(self.config.run.seed)
+
+    async def train(self) -> dict[str, Any]:
+        """Run the configured number of steps.
+
+        Returns:
+            ``eval_before``, ``eval_after`` (mean held-out reward, or None
+            without eval scenarios), ``steps`` and ``wall_s``.
+        """
+        seed_everything(self.config.run.seed)
+        started = time.perf_counter()
+        eval_before = eval_after = None
+        if self.eval_scenarios:
+            eval_before = (await self.evaluate())["eval/reward_mean"]
+            self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
+        for _ in range(self.config.run.max_steps):
+            metrics = await self.step()
+            every, last = self.config.eval.every, self.step_count == self.config.run.max_steps
+            if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
+                metrics |= await self.evaluate()
+                eval_after = metrics["eval/reward_mean"]
+            echo = self.step_count % self.config.run.log_every == 0 or last
+            self.metrics.log(self.step_count, metrics, echo=echo)
+        if self.config.run.save_final:
+            self.save(self.run_dir / "final")
+        self.metrics.close()
+        summary = {
+            "eval_before": eval_before,
+            "eval_after": eval_after,
+            "steps": self.step_count,
+            "wall_s": time.perf_counter() - started,
+        }
+        log.info("train_done", **summary, run_dir=str(self.run_dir))
+        return summary
+
+    async def step(self, groups: Sequence[TrajectoryGroup] | None = None) -> dict[str, Any]:
+        """One training step; collects fresh groups unless ``groups`` is given."""
+        t0 = time.perf_counter()
+        calls0, tokens0 = self.agent.engine.stats.generate_calls, self._generated_tokens()
+        if groups is None:
+            groups = await collect(
+                self.agent,
+                self.env,
+                self._next_scenarios(),
+                self.config.rollout.num_generations,
+                max_concurrency=self.config.rollout.max_concurrency,
+                seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
+                sampling=self.sampling,
+            )
+        t1 = time.perf_counter()
+        metrics: dict[str, Any] = await score_groups(groups, self.rewards)
+        metrics |= rollout_metrics(groups)
+        kept = [g for g in groups if len(g.ok) >= self.config.rollout.min_group_size]
+        metrics["rollout/groups_dropped"] = float(len(groups) - len(kept))
+        metrics["rollout/frac_zero_std"] = _frac_zero_std(kept)
+        self.step_count += 1
+        if kept:
+            batch = build_batch(
+                kept, pad_token_id=self.agent.tokenizer.pad_token_id, device=self.device
+            )
+            advantages = self.estimator(batch)  # (N, T)
+            metrics |= policy_update(
+                self.policy, self.ref_model, batch, advantages, self.optim, self.config
+            )
+        else:
+            log.warning("step_skipped", step=self.step_count, reason="no group survived")
+        t2 = time.perf_counter()
+        generated = self._generated_tokens() - tokens0
+        return metrics | {
+            "perf/rollout_s": t1 - t0,
+            "perf/update_s": t2 - t1,
+            "perf/step_s": t2 - t0,
+            "perf/generated_tokens": float(generated),
+            "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
+            "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
+        }
+
+    async def evaluate(
+        self, scenarios: Sequence[Scenario] | None = None, *, save_samples: bool = True
+    ) -> dict[str, float]:
+        """Mean reward on held-out scenarios (``eval/*`` metrics)."""
+        scenarios = list(scenarios if scenarios is not None else self.eval_scenarios)
+        if not scenarios:
+            raise ValueError("no evaluation scenarios")
+        ev = self.config.eval
+        greedy = ev.temperature == 0
+        sampling = SamplingParams(
+            self.sampling.max_new_tokens, ev.temperature, 1.0 if greedy else self.sampling.top_p
+        )
+        groups = await collect(
+            self.agent,
+            self.env,
+            scenarios,
+            1 if greedy else ev.num_generations,
+            max_concurrency=self.config.rollout.max_concurrency,
+            seed=10**9 + self.config.run.seed,
+            sampling=sampling,
+        )
+        await score_groups(groups, self.rewards)
+        if save_samples:
+            save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
+        return rollout_metrics(groups, prefix="eval")
+
+    def save(self, path: str | Path) -> Path:
+        """``save_pretrained`` the policy and tokenizer into ``path``."""
+        path = Path(path)
+        self.policy.save_pretrained(path)
+        self.agent.tokenizer.save_pretrained(path)
+        return path
+
+    def _next_scenarios(self) -> list[Scenario]:
+        """B scenarios, walking through shuffled epochs of the training set."""
+        picked = []
+        for _ in range(self.config.rollout.scenarios_per_step):
+            if not self._order:
+                self._order = list(range(len(self.scenarios)))
+                self._rng.shuffle(self._order)
+            picked.append(self.scenarios[self._order.pop()])
+        return picked
+
+    def _generated_tokens(self) -> int:
+        return self.agent.engine.stats.generated_tokens
+
+    def _init_wandb(self) -> Any:
+        cfg = self.config.wandb
+        if not cfg.enabled:
+            return None
+        import wandb
+
+        return wandb.init(
+            project=cfg.project,
+            name=cfg.name,
+            tags=cfg.tags,
+            mode=cfg.mode,
+            dir=str(self.run_dir),
+            config=self.config.model_dump(),
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _as_reward(rewards: Rewards) -> RewardFunction | None:
+    if rewards is None or isinstance(rewards, RewardFunction):
+        return rewards
+    if isinstance(rewards, Mapping) or callable(rewards):
+        return combine(rewards)
+    return combine(*rewards)
+
+
+def _frac_zero_std(groups: Sequence[TrajectoryGroup]) -> float:
+    """Fraction of groups whose surviving episodes all got the same reward."""
+    if not groups:
+        return 0.0
+    tied = sum(len({t.reward for t in g.ok}) <= 1 for g in groups)
+    return tied / len(groups)
