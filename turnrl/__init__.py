@@ -1,0 +1,44 @@
+"""turnrl: reinforcement learning for multi-turn language-model agents.
+
+The public API; see README.md for a tour and ../DESIGN.md for the map.
+"""
+
+from turnrl.agents.base import Agent
+from turnrl.agents.engine import GenerationEngine, SamplingParams
+from turnrl.agents.transformers import TransformersAgent
+from turnrl.environments import (
+    ConversationEnvironment,
+    Environment,
+    StepResult,
+    TurnLimit,
+    check_env,
+)
+from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
+from turnrl.training.config import TrainingConfig
+from turnrl.training.trainer import Trainer
+from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "ConversationEnvironment",
+    "Environment",
+    "GenerationEngine",
+    "Message",
+    "RewardFunction",
+    "RewardResult",
+    "SamplingParams",
+    "Scenario",
+    "StepResult",
+    "Trainer",
+    "TrainingConfig",
+    "Trajectory",
+    "TrajectoryGroup",
+    "TransformersAgent",
+    "Turn",
+    "TurnLimit",
+    "check_env",
+    "combine",
+    "reward_function",
+]

@@ -77,11 +77,22 @@ class MetricsLogger:
         run_dir: Where ``metrics.jsonl`` goes.
         wandb_run: An initialized wandb run, or None.
         console: Print a line per logged step to stderr.
+        append: Keep an existing ``metrics.jsonl`` (resuming) instead of
+            starting it afresh.
     """
 
-    def __init__(self, run_dir: str | Path, *, wandb_run: Any = None, console: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        wandb_run: Any = None,
+        console: bool = True,
+        append: bool = False,
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not append:
+            self.path.write_text("", encoding="utf-8")
         self.wandb_run = wandb_run
         self.console = console
         self._log = structlog.get_logger("turnrl.metrics")

@@ -52,7 +52,7 @@ def trajectory_from_messages(
             continue
         ids = message.token_ids
         if ids is None:
-            ids = agent.tokenizer(message.content, add_special_tokens=False).input_ids + [eos]
+            ids = [*agent.tokenizer(message.content, add_special_tokens=False).input_ids, eos]
         sampled = Message(role="assistant", content=message.content, token_ids=list(ids))
         trajectory.turns.append(
             Turn(message=sampled, prompt_ids=agent.encode(conversation), completion_ids=list(ids))

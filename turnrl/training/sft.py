@@ -9,8 +9,10 @@ demonstrations go through the same tokenization and loss mask as rollouts
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
+from typing import Literal
 
 import structlog
 import torch
@@ -34,6 +36,7 @@ def supervised_warmstart(
     batch_size: int = 32,
     seed: int = 0,
     log_every: int = 50,
+    train_on: Literal["all", "last"] = "all",
 ) -> list[float]:
     """Fine-tune ``agent.model`` on the assistant turns of ``conversations``.
 
@@ -41,10 +44,12 @@ def supervised_warmstart(
         agent: The agent whose model is trained in place.
         conversations: Demonstrations, each a list of messages.
         steps: Optimizer steps.
-        lr: AdamW learning rate (constant).
+        lr: Peak AdamW learning rate (warmup over the first 10% of steps, then cosine).
         batch_size: Conversations per step, sampled with replacement.
         seed: Sampling seed.
         log_every: Log the loss every N steps.
+        train_on: ``all`` assistant turns, or only the ``last`` one of each
+            conversation (earlier turns are context, e.g. wrong attempts).
 
     Returns:
         The loss of every step.
@@ -56,7 +61,23 @@ def supervised_warmstart(
     model = agent.model
     device = next(model.parameters()).device
     data = build_batch(groups, pad_token_id=agent.tokenizer.pad_token_id, device=device)
+    if train_on == "last":
+        for i, trajectory in enumerate(trajectories):
+            data.loss_mask[i, : len(trajectory.turns[-1].prompt_ids)] = 0.0
+    elif train_on != "all":
+        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    warmup = max(1, steps // 10)
+    # Linear warmup, then cosine decay to 10%: stable from random init, and
+    # the last steps settle instead of bouncing.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+        ),
+    )
     rng = random.Random(seed)
     losses = []
     model.train()
@@ -67,6 +88,7 @@ def supervised_warmstart(
         loss = -masked_mean(logprobs, batch.loss_mask)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:

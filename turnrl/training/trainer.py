@@ -180,6 +180,18 @@ class Trainer:
             "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
         }
 
+    async def collect_groups(self) -> list[TrajectoryGroup]:
+        """Roll out the next B training scenarios, G episodes each (no update)."""
+        return await collect(
+            self.agent,
+            self.env,
+            self._next_scenarios(),
+            self.config.rollout.num_generations,
+            max_concurrency=self.config.rollout.max_concurrency,
+            seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
+            sampling=self.sampling,
+        )
+
     async def evaluate(
         self, scenarios: Sequence[Scenario] | None = None, *, save_samples: bool = True
     ) -> dict[str, float]:

@@ -164,6 +164,7 @@ def make_scenarios(
     ops: Sequence[str] = ("+",),
     n: int | None = None,
     seed: int = 0,
+    b_range: tuple[int, int] | None = None,
 ) -> list[Scenario]:
     """All ``a op b`` questions with ``a, b`` in ``[low, high]``, shuffled.
 
@@ -175,6 +176,8 @@ def make_scenarios(
         ops: Operators, from ``"+"``, ``"-"``, ``"*"``.
         n: Keep the first ``n`` after shuffling; ``None`` keeps all.
         seed: Seed of the shuffle (``random.Random(seed)``).
+        b_range: ``(low, high)`` of the second operand when it differs from
+            the first's (the demo uses ``a`` in 0..99 and ``b`` in 0..9).
 
     Returns:
         Scenarios with ids like ``add-3-4``, ``sub-7-2``, ``mul-3-4``.
@@ -186,8 +189,11 @@ def make_scenarios(
     >>> [s.id for s in make_scenarios(low=1, high=2, seed=0)]
     ['add-2-1', 'add-1-1', 'add-1-2', 'add-2-2']
     """
-    if low > high:
-        raise ValueError(f"low must be <= high, got low={low}, high={high}")
+    b_low, b_high = b_range if b_range is not None else (low, high)
+    if low > high or b_low > b_high:
+        raise ValueError(
+            f"ranges must have low <= high, got a in [{low}, {high}], b in [{b_low}, {b_high}]"
+        )
     ops = tuple(dict.fromkeys(ops))  # duplicates would duplicate ids
     if not ops or any(op not in OPS for op in ops):
         raise ValueError(f"ops must be a non-empty subset of {sorted(OPS)}, got {ops!r}")
@@ -198,7 +204,7 @@ def make_scenarios(
             data={"a": a, "b": b, "op": op, "answer": _compute(a, op, b)},
         )
         for op in ops
-        for a, b in itertools.product(range(low, high + 1), repeat=2)
+        for a, b in itertools.product(range(low, high + 1), range(b_low, b_high + 1))
         if op != "-" or a >= b
     ]
     random.Random(seed).shuffle(scenarios)
@@ -244,11 +250,24 @@ def split_scenarios(
     return train, held_out
 
 
-def demonstration(scenario: Scenario) -> list[Message]:
-    """The conversation of a correct first answer, for a supervised warm start.
+def demonstration(scenario: Scenario, *, wrong: Sequence[int] = ()) -> list[Message]:
+    """A conversation ending in the correct answer, for a supervised warm start.
+
+    Args:
+        scenario: The question.
+        wrong: Wrong answers given first, each followed by the retry message,
+            so the model also sees what a retry looks like. Train on the last
+            turn only (``supervised_warmstart(..., train_on="last")``) to
+            avoid teaching the wrong answers.
 
     >>> scenario = next(s for s in make_scenarios() if s.id == "add-3-4")
     >>> [(m.role, m.content) for m in demonstration(scenario)]
     [('user', 'What is 3+4?'), ('assistant', '7')]
+    >>> [m.content for m in demonstration(scenario, wrong=[8])]
+    ['What is 3+4?', '8', 'Wrong. Try again.', '7']
     """
-    return [*_opening(scenario), assistant(str(_answer(scenario)))]
+    answer = _answer(scenario)
+    if answer in wrong:
+        raise ValueError(f"wrong answers {list(wrong)} include the correct answer {answer}")
+    retries = [m for w in wrong for m in (assistant(str(w)), user(RETRY_TEXT))]
+    return [*_opening(scenario), *retries, assistant(str(answer))]

@@ -1,0 +1,117 @@
+import anyio
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from turnrl.agents.engine import Completion
+from turnrl.agents.transformers import ChatTemplateError, TransformersAgent
+from turnrl.training.batch import build_batch
+from turnrl.training.logprobs import token_logprobs
+from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, user
+
+
+def scripted_engine(agent, replies):
+    """Make the engine return fixed completions, so decoded text is known."""
+    replies = iter(replies)
+    eos = agent.eos_token_ids[0]
+
+    async def generate(prompt_ids, params):
+        ids = [*agent.tokenizer(next(replies), add_special_tokens=False).input_ids, eos]
+        return Completion(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop")
+
+    agent.engine.generate = generate
+
+
+async def three_turns(agent):
+    conversation = [Message(role="system", content="Be brief."), user("What is 5+7?")]
+    trajectory = Trajectory(scenario=Scenario(id="s"), initial_messages=list(conversation))
+    for reply in ("Wrong. Try again.", "No.", None):
+        turn = await agent.respond(conversation)
+        trajectory.turns.append(turn)
+        conversation.append(turn.message)
+        env = [user(reply)] if reply else []
+        trajectory.env_messages.append(env)
+        trajectory.env_rewards.append(0.0)
+        conversation += env
+    return trajectory, conversation
+
+
+@pytest.mark.anyio
+async def test_loss_mask_matches_tokenizer_for_three_turns(tiny_agent):
+    scripted_engine(tiny_agent, ["11", "13", "12"])
+    trajectory, conversation = await three_turns(tiny_agent)
+    batch = build_batch(
+        [TrajectoryGroup(scenario=trajectory.scenario, trajectories=[trajectory])],
+        pad_token_id=tiny_agent.tokenizer.pad_token_id,
+    )
+    reference = tiny_agent.tokenizer.apply_chat_template(
+        [m.to_chat() for m in conversation], return_dict=True, return_assistant_tokens_mask=True
+    )
+    assert batch.input_ids[0].tolist() == reference["input_ids"]
+    assert batch.loss_mask[0].long().tolist() == reference["assistant_masks"]
+    assert batch.num_tokens == 9  # "11<|end|>", "13<|end|>", "12<|end|>"
+
+
+@pytest.mark.anyio
+async def test_sampled_tokens_reused_not_retokenized(tiny_agent):
+    turn = await tiny_agent.respond([user("What is 1+1?")])
+    # An assistant message whose text would tokenize differently keeps its ids.
+    odd = Message(role="assistant", content="2", token_ids=[tiny_agent.tokenizer.unk_token_id])
+    ids = tiny_agent.encode([user("What is 1+1?"), odd, user("again")])
+    assert ids[: len(turn.prompt_ids)] == turn.prompt_ids
+    assert ids[len(turn.prompt_ids)] == tiny_agent.tokenizer.unk_token_id
+
+
+@pytest.mark.anyio
+async def test_logprobs_agree_with_training_forward(tiny_agent):
+    from turnrl.agents.engine import SamplingParams
+
+    tiny_agent.sampling = SamplingParams(max_new_tokens=6, temperature=0.7)
+    trajectories = []
+
+    async def episode(i):
+        conversation = [user(f"What is {i}+{i}?")]
+        t = Trajectory(scenario=Scenario(id=str(i)), initial_messages=list(conversation))
+        for _ in range(3):
+            turn = await tiny_agent.respond(conversation)
+            t.turns.append(turn)
+            t.env_messages.append([user("Wrong. Try again.")])
+            t.env_rewards.append(0.0)
+            conversation += [turn.message, user("Wrong. Try again.")]
+        trajectories.append(t)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(episode, i)
+    batch = build_batch(
+        [TrajectoryGroup(scenario=trajectories[0].scenario, trajectories=trajectories)],
+        pad_token_id=tiny_agent.tokenizer.pad_token_id,
+    )
+    with torch.no_grad():
+        logprobs = token_logprobs(
+            tiny_agent.model, batch.input_ids, batch.attention_mask, temperature=0.7
+        )
+    mask = batch.loss_mask.bool()
+    assert mask.sum() > 12
+    torch.testing.assert_close(logprobs[mask], batch.behavior_logprobs[mask], atol=1e-4, rtol=0)
+
+
+def test_from_pretrained_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        TransformersAgent.from_pretrained(tmp_path / "nope")
+
+
+def test_tokenizer_without_chat_template(tiny_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    tokenizer.chat_template = None
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        TransformersAgent(model, tokenizer)
+
+
+def test_non_prefix_consistent_template_is_reported(tiny_agent):
+    # A template that only renders the last message rewrites earlier turns.
+    tiny_agent.tokenizer.chat_template = "{{ messages[-1]['content'] }}"
+    sampled = Message(role="assistant", content="7", token_ids=[30, 2])
+    with pytest.raises(ChatTemplateError, match="prefix-consistent"):
+        tiny_agent.encode([user("What is 3+4?"), sampled, user("again")])

@@ -1,0 +1,64 @@
+import math
+
+import torch
+from torch.testing import assert_close
+
+from turnrl.training.losses import kl_k3, masked_mean, ppo_clip_loss, token_mean
+
+
+def test_ppo_clip_hand_worked():
+    # Four tokens: ratios 1.5, 1.5, 0.5, 0.5 against advantages +1, -1, +1, -1; eps = 0.2.
+    old = torch.zeros(1, 4)
+    logprobs = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 4)
+    loss, stats = ppo_clip_loss(logprobs, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2)
+    # token 0: max(-1.5, -1.2) = -1.2 (clipped: no extra push beyond 1.2)
+    # token 1: max(+1.5, +1.2) = +1.5 (pessimistic bound keeps the unclipped loss)
+    # token 2: max(-0.5, -0.8) = -0.5
+    # token 3: max(+0.5, +0.8) = +0.8 (clipped at 0.8)
+    assert_close(loss, torch.tensor([[-1.2, 1.5, -0.5, 0.8]]))
+    assert stats["clip_frac"].item() == 0.5  # tokens 0 and 3
+
+
+def test_clip_higher_uses_separate_bounds():
+    old = torch.zeros(1, 2)
+    logprobs = torch.log(torch.tensor([[1.5, 0.5]]))
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, _ = ppo_clip_loss(
+        logprobs, old, adv, torch.ones(1, 2), clip_eps_low=0.1, clip_eps_high=0.28
+    )
+    # token 0: max(-1.5, -1.28) = -1.28; token 1: max(0.5, 0.9) = 0.9
+    assert_close(loss, torch.tensor([[-1.28, 0.9]]))
+
+
+def test_ppo_gradient_at_ratio_one_is_policy_gradient():
+    logprobs = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    adv = torch.tensor([[2.0, -3.0]])
+    loss, _ = ppo_clip_loss(logprobs, logprobs.detach(), adv, torch.ones(1, 2))
+    loss.sum().backward()
+    # d(-A * exp(lp - old))/d lp = -A at ratio 1
+    assert_close(logprobs.grad, torch.tensor([[-2.0, 3.0]]))
+
+
+def test_masked_positions_contribute_nothing():
+    logprobs = torch.tensor([[0.0, 5.0]])
+    loss, _ = ppo_clip_loss(
+        logprobs, torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([[1.0, 0.0]])
+    )
+    assert loss[0, 1] == 0
+
+
+def test_k3_hand_worked():
+    # r = log(0.25) - log(0.5) = -log 2; k3 = exp(r) - r - 1 = 0.5 + 0.693147 - 1
+    value = kl_k3(torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25])))
+    assert_close(value, torch.tensor([0.5 + math.log(2) - 1]))
+    assert kl_k3(torch.tensor([-1.0]), torch.tensor([-1.0])).item() == 0.0
+
+
+def test_token_mean_uses_the_step_token_count():
+    per_token = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # (1 + 2) / 6 tokens in the whole step = 0.5
+    assert token_mean(per_token, mask, 6).item() == 0.5
+    assert masked_mean(per_token, mask).item() == 1.5
