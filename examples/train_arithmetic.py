@@ -4,7 +4,7 @@ Phase 1 warm-starts the random model on demonstrations; phase 2 runs GRPO on
 "What is a+b?" where a wrong answer earns "Wrong. Try again." and another try.
 Held-out questions (in no demonstration and no RL scenario) measure progress.
 
-Run:  python examples/train_arithmetic.py [--steps 50] [--warmstart-steps 400]
+Run:  python examples/train_arithmetic.py [--steps 50] [--warmstart-steps 260]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 
 import turnrl
 from turnrl.agents.tiny import tiny_model_path
-from turnrl.environments.tasks import ArithmeticEnvironment, demonstration, make_scenarios
+from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations, make_scenarios
 from turnrl.training.sft import supervised_warmstart
 
 
@@ -26,8 +26,10 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
     )
 
     # Phase 1: supervised warm-start on demonstrations (never the held-out questions).
+    # Half of them show a wrong attempt and a retry; only final answers are trained on.
+    demos = demonstrations(train, retry_fraction=0.5)
     supervised_warmstart(
-        agent, [demonstration(s) for s in train], steps=warmstart_steps, lr=2e-3, batch_size=64
+        agent, demos, steps=warmstart_steps, lr=2e-3, batch_size=64, train_on="last"
     )
 
     # Phase 2: GRPO. The profile's learning rate is for pretrained LLMs; a tiny
@@ -35,7 +37,7 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
     config = turnrl.TrainingConfig.from_profile(
         "balanced",
         optim={"lr": 1e-4, "micro_batch_size": 64},
-        algorithm={"beta": 0.0},
+        algorithm={"beta": 0.04, "loss_aggregation": "seq_mean_token_mean"},
         generation={"max_new_tokens": 6},
         rollout={"scenarios_per_step": 16, "num_generations": 8},
         eval={"every": 10, "num_generations": 2},
@@ -50,7 +52,7 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmstart-steps", type=int, default=400)
+    parser.add_argument("--warmstart-steps", type=int, default=260)
     parser.add_argument("--output", default="runs/arithmetic")
     args = parser.parse_args()
     result = asyncio.run(main(args.steps, args.warmstart_steps, args.output))

@@ -14,10 +14,13 @@ import anyio
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from turnrl.demo import run_demo
     from turnrl.logging import configure_logging
 
     configure_logging(args.log_level)
+    hf_logging.disable_progress_bar()  # weight-loading bars drown the step lines
     print(
         "turnrl demo: a 3.4M-parameter Llama learns multi-turn arithmetic.\n"
         "  phase 1: supervised warm-start on demonstrations\n"
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument("--steps", type=int, default=50, help="RL steps (default: 50)")
     demo.add_argument(
-        "--warmstart-steps", type=int, default=400, help="supervised steps (default: 400)"
+        "--warmstart-steps", type=int, default=260, help="supervised steps (default: 260)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")

@@ -2,9 +2,11 @@
 
 Three phases, each reported on its own:
 
-1. **Warm-start** (supervised): next-token cross-entropy on demonstrations of
-   first-try answers, so the randomly initialized model learns the answer
-   format and some of the addition table.
+1. **Warm-start** (supervised): next-token cross-entropy on demonstrations,
+   half of them first-try answers and half a wrong attempt or two followed by
+   ``Wrong. Try again.`` and the right answer (only the final answer is
+   trained on), so the random model learns the format of answers and retries
+   and part of the addition table.
 2. **Eval before RL** on held-out questions that appear in no demonstration
    and no RL scenario.
 3. **RL** with GRPO on the arithmetic environment: a wrong answer earns
@@ -28,7 +30,7 @@ import torch
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.environments.tasks import ArithmeticEnvironment, demonstration, make_scenarios
+from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations, make_scenarios
 from turnrl.rewards import regex_format
 from turnrl.training.config import TrainingConfig
 from turnrl.training.sft import supervised_warmstart
@@ -44,7 +46,9 @@ def demo_config(output_dir: str | Path, *, rl_steps: int, seed: int) -> Training
     return TrainingConfig.from_profile(
         "balanced",
         optim={"lr": 1e-4, "micro_batch_size": 64, "warmup_steps": 0},
-        algorithm={"beta": 0.0},
+        # Failed multi-turn episodes are 2-3x longer than successes; per-trajectory
+        # averaging keeps them from dominating the update.
+        algorithm={"beta": 0.04, "loss_aggregation": "seq_mean_token_mean"},
         generation={"max_new_tokens": 6},
         rollout={"scenarios_per_step": 16, "num_generations": 8},
         eval={"every": 10, "num_generations": 2},
@@ -55,7 +59,7 @@ def demo_config(output_dir: str | Path, *, rl_steps: int, seed: int) -> Training
 async def run_demo(
     output_dir: str | Path = "runs/demo",
     *,
-    warmstart_steps: int = 400,
+    warmstart_steps: int = 260,
     rl_steps: int = 50,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -83,12 +87,13 @@ async def run_demo(
     t0 = time.perf_counter()
     losses = supervised_warmstart(
         agent,
-        [demonstration(s) for s in train_scenarios],
+        demonstrations(train_scenarios, retry_fraction=0.5, seed=seed),
         steps=warmstart_steps,
         lr=2e-3,
         batch_size=64,
         seed=seed,
         log_every=100,
+        train_on="last",
     )
     warmstart_s = time.perf_counter() - t0
 

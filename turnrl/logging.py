@@ -48,7 +48,9 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool = False) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # Look sys.stderr up at each use: it may have been replaced (pytest, notebooks)
+        # since logging was configured, and the old stream closed.
+        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
     _configured = True

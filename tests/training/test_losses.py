@@ -62,3 +62,12 @@ def test_token_mean_uses_the_step_token_count():
     # (1 + 2) / 6 tokens in the whole step = 0.5
     assert token_mean(per_token, mask, 6).item() == 0.5
     assert masked_mean(per_token, mask).item() == 1.5
+
+
+def test_seq_mean_token_mean_weighs_sequences_equally():
+    from turnrl.training.losses import seq_mean_token_mean
+
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # sequence means: (1 + 2) / 2 = 1.5 and 4 / 1 = 4; (1.5 + 4) / 4 sequences in the step
+    assert seq_mean_token_mean(per_token, mask, 4).item() == 1.375

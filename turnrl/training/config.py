@@ -83,8 +83,10 @@ class AlgorithmConfig(_Section):
         0.04, ge=0, description="KL coefficient to the reference model; 0 loads no reference."
     )
     kl_estimator: Literal["k3"] = Field("k3", description="KL estimator (Schulman's k3).")
-    loss_aggregation: Literal["token_mean"] = Field(
-        "token_mean", description="How per-token losses are averaged (over all tokens of a step)."
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean"] = Field(
+        "token_mean",
+        description="Average per-token losses over all tokens of a step (token_mean), or per "
+        "trajectory first and then over trajectories (seq_mean_token_mean, the GRPO paper's).",
     )
 
 

@@ -6,9 +6,15 @@
   unbiased, always non-negative ``exp(r) - r - 1`` with ``r = log ref - log pi``,
   as in GRPO (Shao et al. 2024, DeepSeekMath).
 
-Per-token losses are aggregated by :func:`token_mean` over all the tokens of an
-optimizer step: the trainer passes the step's total token count, so splitting
-a step into micro-batches (gradient accumulation) does not change the gradient.
+Per-token losses are aggregated over a whole optimizer step: the trainer
+passes the step's total token (or sequence) count, so splitting a step into
+micro-batches (gradient accumulation) does not change the gradient.
+
+- ``token_mean``: every sampled token weighs the same (DAPO). Long trajectories
+  weigh more; in multi-turn tasks failed episodes are the long ones.
+- ``seq_mean_token_mean``: average over each trajectory's tokens, then over
+  trajectories (the GRPO paper's 1/G sum_i 1/|o_i| sum_t): every trajectory
+  weighs the same, whatever its length.
 """
 
 from __future__ import annotations
@@ -84,3 +90,17 @@ def token_mean(
         num_tokens: Masked tokens in the whole optimizer step (all micro-batches).
     """
     return (per_token * mask).sum() / max(float(num_tokens), 1.0)
+
+
+def seq_mean_token_mean(
+    per_token: torch.Tensor, mask: torch.Tensor, num_sequences: int | float
+) -> torch.Tensor:
+    """Mean over each sequence's masked tokens, summed, divided by the step's sequence count.
+
+    Args:
+        per_token: Shape (N, T).
+        mask: Shape (N, T).
+        num_sequences: Sequences in the whole optimizer step (all micro-batches).
+    """
+    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (N,)
+    return per_sequence.sum() / max(float(num_sequences), 1.0)

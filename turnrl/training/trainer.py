@@ -143,15 +143,7 @@ class Trainer:
         t0 = time.perf_counter()
         calls0, tokens0 = self.agent.engine.stats.generate_calls, self._generated_tokens()
         if groups is None:
-            groups = await collect(
-                self.agent,
-                self.env,
-                self._next_scenarios(),
-                self.config.rollout.num_generations,
-                max_concurrency=self.config.rollout.max_concurrency,
-                seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
-                sampling=self.sampling,
-            )
+            groups = await self.collect_groups()
         t1 = time.perf_counter()
         metrics: dict[str, Any] = await score_groups(groups, self.rewards)
         metrics |= rollout_metrics(groups)

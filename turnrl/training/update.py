@@ -24,7 +24,13 @@ import torch
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.logprobs import token_logprobs
-from turnrl.training.losses import KL_ESTIMATORS, masked_mean, ppo_clip_loss, token_mean
+from turnrl.training.losses import (
+    KL_ESTIMATORS,
+    masked_mean,
+    ppo_clip_loss,
+    seq_mean_token_mean,
+    token_mean,
+)
 
 
 @dataclass
@@ -34,6 +40,10 @@ class Optimization:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+
+
+# How per-token losses become one number; each takes the step's normalizer.
+AGGREGATIONS = {"token_mean": token_mean, "seq_mean_token_mean": seq_mean_token_mean}
 
 
 def make_optimization(model: torch.nn.Module, config: TrainingConfig) -> Optimization:
@@ -93,6 +103,10 @@ def policy_update(
     temperature = config.generation.temperature
     num_tokens = batch.num_tokens
     kl_fn = KL_ESTIMATORS[algo.kl_estimator]
+    aggregate, normalizer = (
+        AGGREGATIONS[algo.loss_aggregation],
+        (num_tokens if algo.loss_aggregation == "token_mean" else len(batch)),
+    )
     policy.train()
     sums = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0, "train/clip_frac": 0.0}
 
@@ -114,7 +128,7 @@ def policy_update(
             clip_eps_low=algo.clip_eps_low,
             clip_eps_high=algo.clip_eps_high,
         )
-        policy_loss = token_mean(per_token, mask, num_tokens)
+        policy_loss = aggregate(per_token, mask, normalizer)
         loss = policy_loss
         if ref_model is not None and algo.beta > 0:
             with torch.no_grad(), autocast(device, opt.precision):
@@ -122,14 +136,15 @@ def policy_update(
                     ref_model, micro.input_ids, micro.attention_mask, temperature=temperature
                 )
             kl = kl_fn(logprobs, ref_logprobs)  # (n, T')
-            kl_loss = token_mean(kl, mask, num_tokens)
+            kl_loss = aggregate(kl, mask, normalizer)
             loss = loss + algo.beta * kl_loss
-            sums["loss/kl"] += kl_loss.item() * num_tokens
+            sums["loss/kl"] += kl_loss.item()
         optim.scaler.scale(loss).backward()
         share = mask.sum().item()
-        sums["loss/policy"] += policy_loss.item() * num_tokens
-        sums["loss/total"] += loss.item() * num_tokens
-        sums["train/clip_frac"] += stats["clip_frac"].item() * share
+        # Each micro-batch loss is already divided by the whole step's normalizer.
+        sums["loss/policy"] += policy_loss.item()
+        sums["loss/total"] += loss.item()
+        sums["train/clip_frac"] += stats["clip_frac"].item() * share / max(num_tokens, 1)
 
     optim.scaler.unscale_(optim.optimizer)
     params = [p for g in optim.optimizer.param_groups for p in g["params"]]
@@ -145,8 +160,7 @@ def policy_update(
         optim.scheduler.step()
     optim.optimizer.zero_grad(set_to_none=True)
 
-    metrics = {key: value / max(num_tokens, 1) for key, value in sums.items()}
-    return metrics | {
+    return sums | {
         "train/grad_norm": grad_norm,
         "train/lr": optim.scheduler.get_last_lr()[0],
         "train/num_tokens": float(num_tokens),

@@ -3,6 +3,7 @@
 from turnrl.environments.tasks.arithmetic import (
     ArithmeticEnvironment,
     demonstration,
+    demonstrations,
     make_scenarios,
     parse_answer,
     question_text,
@@ -12,6 +13,7 @@ from turnrl.environments.tasks.arithmetic import (
 __all__ = [
     "ArithmeticEnvironment",
     "demonstration",
+    "demonstrations",
     "make_scenarios",
     "parse_answer",
     "question_text",

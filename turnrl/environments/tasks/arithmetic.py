@@ -192,7 +192,8 @@ def make_scenarios(
     b_low, b_high = b_range if b_range is not None else (low, high)
     if low > high or b_low > b_high:
         raise ValueError(
-            f"ranges must have low <= high, got a in [{low}, {high}], b in [{b_low}, {b_high}]"
+            f"low must be <= high for both operands, got a in [{low}, {high}], "
+            f"b in [{b_low}, {b_high}]"
         )
     ops = tuple(dict.fromkeys(ops))  # duplicates would duplicate ids
     if not ops or any(op not in OPS for op in ops):
@@ -271,3 +272,29 @@ def demonstration(scenario: Scenario, *, wrong: Sequence[int] = ()) -> list[Mess
         raise ValueError(f"wrong answers {list(wrong)} include the correct answer {answer}")
     retries = [m for w in wrong for m in (assistant(str(w)), user(RETRY_TEXT))]
     return [*_opening(scenario), *retries, assistant(str(answer))]
+
+
+def demonstrations(
+    scenarios: Sequence[Scenario], *, retry_fraction: float = 0.5, seed: int = 0
+) -> list[list[Message]]:
+    """Warm-start conversations: first-try answers, and some retries.
+
+    A model that has only seen first answers has never seen ``Wrong. Try
+    again.``, and answers it with noise. Here ``retry_fraction`` of the
+    conversations first give one or two wrong answers within 3 of the right
+    one, each followed by the retry message (see :func:`demonstration`).
+
+    >>> convs = demonstrations(make_scenarios(n=10), retry_fraction=1.0)
+    >>> all(c[2].content == RETRY_TEXT for c in convs)
+    True
+    """
+    if not 0 <= retry_fraction <= 1:
+        raise ValueError(f"retry_fraction must be in [0, 1], got {retry_fraction}")
+    rng = random.Random(seed)
+    out = []
+    for scenario in scenarios:
+        answer = _answer(scenario)
+        retries = 0 if rng.random() >= retry_fraction else rng.choice([1, 2])
+        near = [w for w in range(max(0, answer - 3), answer + 4) if w != answer]
+        out.append(demonstration(scenario, wrong=rng.sample(near, retries)))
+    return out
