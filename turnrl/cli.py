@@ -33,6 +33,9 @@ def _demo(args: argparse.Namespace) -> int:
             args.output, warmstart_steps=args.warmstart_steps, rl_steps=args.steps, seed=args.seed
         )
     )
+    if result["gain"] is None:
+        print("\nno held-out reward: every evaluation episode failed (see the log above)")
+        return 1
     print()
     print(f"  held-out reward before RL : {result['eval_before']:.3f}")
     print(f"  held-out reward after RL  : {result['eval_after']:.3f}")
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on the arithmetic task, and print the held-out reward before and after RL.",
     )
     demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.add_argument("--steps", type=int, default=50, help="RL steps (default: 50)")
+    demo.add_argument("--steps", type=int, default=30, help="RL steps (default: 30)")
     demo.add_argument(
         "--warmstart-steps", type=int, default=260, help="supervised steps (default: 260)"
     )

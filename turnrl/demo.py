@@ -60,7 +60,7 @@ async def run_demo(
     output_dir: str | Path = "runs/demo",
     *,
     warmstart_steps: int = 260,
-    rl_steps: int = 50,
+    rl_steps: int = 30,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Warm-start, evaluate, train with RL, evaluate again.
@@ -113,7 +113,7 @@ async def run_demo(
     return {
         "eval_before": before,
         "eval_after": after,
-        "gain": after - before,
+        "gain": None if before is None or after is None else after - before,
         "warmstart_final_loss": losses[-1],
         "warmstart_s": warmstart_s,
         "rl_s": summary["wall_s"],

@@ -116,14 +116,15 @@ class Trainer:
         started = time.perf_counter()
         eval_before = eval_after = None
         if self.eval_scenarios:
-            eval_before = (await self.evaluate())["eval/reward_mean"]
+            # .get: when every eval episode failed there is no mean (None, logged).
+            eval_before = (await self.evaluate()).get("eval/reward_mean")
             self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
         for _ in range(self.config.run.max_steps):
             metrics = await self.step()
             every, last = self.config.eval.every, self.step_count == self.config.run.max_steps
             if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
                 metrics |= await self.evaluate()
-                eval_after = metrics["eval/reward_mean"]
+                eval_after = metrics.get("eval/reward_mean")
             echo = self.step_count % self.config.run.log_every == 0 or last
             self.metrics.log(self.step_count, metrics, echo=echo)
         if self.config.run.save_final:
