@@ -23,7 +23,8 @@ import torch
 
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations, make_scenarios
+from turnrl.demo import demo_scenarios
+from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations
 from turnrl.training.config import TrainingConfig
 from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer, seed_everything
@@ -32,8 +33,7 @@ from turnrl.training.trainer import Trainer, seed_everything
 async def main(args: argparse.Namespace) -> dict:
     seed_everything(0)
     torch.set_num_threads(args.threads)
-    scenarios = make_scenarios(low=0, high=99, b_range=(0, 9), ops=("+",), seed=0)
-    held_out, train = scenarios[:100], scenarios[100:]
+    held_out, train = demo_scenarios(seed=0)
     start = Path(args.cache) / f"warm-{args.warmstart_steps}-{args.retry_fraction}"
     if not (start / "config.json").exists():
         agent = TransformersAgent.from_pretrained(tiny_model_path())

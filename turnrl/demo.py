@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import torch
 
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.tiny import tiny_model_path
@@ -35,10 +34,17 @@ from turnrl.rewards import regex_format
 from turnrl.training.config import TrainingConfig
 from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer, seed_everything
+from turnrl.types import Scenario
 
 log = structlog.get_logger(__name__)
 
 NUM_EVAL = 100
+
+
+def demo_scenarios(seed: int = 0) -> tuple[list[Scenario], list[Scenario]]:
+    """``(held_out, train)``: 100 held-out questions and the 900 others."""
+    scenarios = make_scenarios(low=0, high=99, b_range=(0, 9), ops=("+",), seed=seed)
+    return scenarios[:NUM_EVAL], scenarios[NUM_EVAL:]
 
 
 def demo_config(output_dir: str | Path, *, rl_steps: int, seed: int) -> TrainingConfig:
@@ -76,9 +82,7 @@ async def run_demo(
     """
     started = time.perf_counter()
     seed_everything(seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    scenarios = make_scenarios(low=0, high=99, b_range=(0, 9), ops=("+",), seed=seed)
-    eval_scenarios, train_scenarios = scenarios[:NUM_EVAL], scenarios[NUM_EVAL:]
+    eval_scenarios, train_scenarios = demo_scenarios(seed)
     agent = TransformersAgent.from_pretrained(
         tiny_model_path(), sampling=SamplingParams(max_new_tokens=6)
     )

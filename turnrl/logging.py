@@ -29,12 +29,9 @@ CONSOLE_KEYS = (
     ("perf/step_s", "sec"),
 )
 
-_configured = False
-
 
 def configure_logging(level: str | int = "INFO", *, json_logs: bool = False) -> None:
     """Route structlog events to stderr, readable (or as JSON lines)."""
-    global _configured
     level_no = logging.getLevelName(level) if isinstance(level, str) else level
     renderer = (
         structlog.processors.JSONRenderer()
@@ -53,12 +50,11 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool = False) -> 
         logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    _configured = True
 
 
 def ensure_logging() -> None:
     """Configure logging once with the defaults, unless the user already did."""
-    if not _configured and not structlog.is_configured():
+    if not structlog.is_configured():
         configure_logging()
 
 

@@ -36,27 +36,23 @@ class AdvantageEstimator(Protocol):
     def __call__(self, batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
+def _group_sum(x: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over each group. Shapes: (N,), (N,) -> (num_groups,)."""
+    num_groups = int(group_ids.max()) + 1
+    return torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group_ids, x)
+
+
 def group_mean(x: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Each element's group mean. Shapes: x (N,), group_ids (N,) -> (N,)."""
-    num_groups = int(group_ids.max()) + 1
-    sums = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group_ids, x)
-    counts = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(
-        0, group_ids, torch.ones_like(x)
-    )
-    return (sums / counts)[group_ids]
+    counts = _group_sum(torch.ones_like(x), group_ids)
+    return (_group_sum(x, group_ids) / counts)[group_ids]
 
 
 def group_std(x: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Each element's group std (Bessel-corrected; 0 for a group of one). Shape (N,)."""
-    num_groups = int(group_ids.max()) + 1
-    centered_sq = (x - group_mean(x, group_ids)) ** 2
-    sums = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(
-        0, group_ids, centered_sq
-    )
-    counts = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(
-        0, group_ids, torch.ones_like(x)
-    )
-    return (sums / (counts - 1).clamp(min=1)).sqrt()[group_ids]
+    counts = _group_sum(torch.ones_like(x), group_ids)
+    squares = _group_sum((x - group_mean(x, group_ids)) ** 2, group_ids)
+    return (squares / (counts - 1).clamp(min=1)).sqrt()[group_ids]
 
 
 def grpo_advantages(

@@ -9,7 +9,6 @@ demonstrations go through the same tokenization and loss mask as rollouts
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -22,6 +21,7 @@ from turnrl.training.batch import build_batch
 from turnrl.training.logprobs import token_logprobs
 from turnrl.training.losses import masked_mean
 from turnrl.training.offline import trajectory_from_messages
+from turnrl.training.update import warmup_cosine
 from turnrl.types import Message, TrajectoryGroup
 
 log = structlog.get_logger(__name__)
@@ -67,17 +67,10 @@ def supervised_warmstart(
     elif train_on != "all":
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    warmup = max(1, steps // 10)
-    # Linear warmup, then cosine decay to 10%: stable from random init, and
-    # the last steps settle instead of bouncing.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-        ),
-    )
+    # Warmup over 10% of the steps, then cosine to 10%: stable from random init,
+    # and the last steps settle instead of bouncing.
+    schedule = warmup_cosine(max(1, steps // 10), steps, min_ratio=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     rng = random.Random(seed)
     losses = []
     model.train()

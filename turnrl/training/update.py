@@ -46,6 +46,18 @@ class Optimization:
 AGGREGATIONS = {"token_mean": token_mean, "seq_mean_token_mean": seq_mean_token_mean}
 
 
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return schedule
+
+
 def make_optimization(model: torch.nn.Module, config: TrainingConfig) -> Optimization:
     """AdamW over trainable parameters, linear warmup then cosine decay to ``min_lr_ratio``."""
     opt = config.optim
@@ -55,15 +67,7 @@ def make_optimization(model: torch.nn.Module, config: TrainingConfig) -> Optimiz
     optimizer = torch.optim.AdamW(
         params, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.adam_betas
     )
-    total = config.run.max_steps
-
-    def schedule(step: int) -> float:
-        if step < opt.warmup_steps:
-            return (step + 1) / (opt.warmup_steps + 1)
-        progress = min(1.0, (step - opt.warmup_steps) / max(1, total - opt.warmup_steps))
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * cosine
-
+    schedule = warmup_cosine(opt.warmup_steps, config.run.max_steps, opt.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=opt.precision == "fp16")
     return Optimization(optimizer, scheduler, scaler)
