@@ -89,3 +89,33 @@ def test_every_field_is_described():
                 walk(annotation)
 
     walk(TrainingConfig)
+
+
+def test_estimator_settings_are_checked():
+    with pytest.raises(ValueError, match="kl_penalty='reward' does not apply"):
+        TrainingConfig.from_profile(
+            "balanced", algorithm={"estimator": "gvpo", "kl_penalty": "reward"}
+        )
+    with pytest.raises(ValueError, match="gvpo' needs beta > 0"):
+        TrainingConfig.from_profile("balanced", algorithm={"estimator": "gvpo", "beta": 0.0})
+    with pytest.raises(ValueError, match=r"algorithm\.loss_aggregation"):
+        TrainingConfig.from_profile("balanced", algorithm={"loss_aggregation": "seq_sum"})
+    with pytest.raises(ValueError, match=r"algorithm\.kl_estimator"):
+        TrainingConfig.from_profile("balanced", algorithm={"kl_estimator": "k4"})
+    with pytest.raises(ValueError, match="needs num_generations >= 2"):
+        TrainingConfig.from_profile(
+            "balanced", algorithm={"estimator": "rloo"}, rollout={"num_generations": 1}
+        )
+    # GAE learns from single episodes: no group needed.
+    cfg = TrainingConfig.from_profile(
+        "balanced",
+        algorithm={"estimator": "gae"},
+        rollout={"num_generations": 1, "min_group_size": 1},
+    )
+    assert cfg.algorithm.estimator == "gae" and cfg.algorithm.uses_reference  # beta 0.04 > 0
+    assert TrainingConfig.from_profile("balanced", algorithm={"estimator": "my.module:factory"})
+    gvpo = TrainingConfig.from_profile("balanced", algorithm={"estimator": "gvpo"}).algorithm
+    assert not gvpo.uses_reference  # pi_theta' is the behavior policy by default
+    assert TrainingConfig.from_profile(
+        "balanced", algorithm={"estimator": "gvpo", "gvpo_reference": "reference"}
+    ).algorithm.uses_reference

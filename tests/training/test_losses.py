@@ -71,3 +71,81 @@ def test_seq_mean_token_mean_weighs_sequences_equally():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     # sequence means: (1 + 2) / 2 = 1.5 and 4 / 1 = 4; (1.5 + 4) / 4 sequences in the step
     assert seq_mean_token_mean(per_token, mask, 4).item() == 1.375
+
+
+def test_k1_k2_hand_worked():
+    from turnrl.training.losses import KL_ESTIMATORS, kl_k1, kl_k2
+
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    # log pi - log ref = log 2
+    assert_close(kl_k1(logp, ref), torch.tensor([math.log(2)]))
+    assert_close(kl_k2(logp, ref), torch.tensor([0.5 * math.log(2) ** 2]))
+    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
+
+
+def test_seq_mean_token_sum_and_constant_hand_worked():
+    from turnrl.training.losses import AGGREGATIONS, constant_normalizer, seq_mean_token_sum
+
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # sequence sums: 3 and 4; (3 + 4) / 4 sequences in the step
+    assert seq_mean_token_sum(per_token, mask, 4).item() == 1.75
+    # Dr. GRPO: (1 + 2 + 4) / (2 sequences x a budget of 7 tokens) = 0.5
+    assert constant_normalizer(per_token, mask, 2 * 7).item() == 0.5
+    assert set(AGGREGATIONS) == {
+        "token_mean",
+        "seq_mean_token_mean",
+        "seq_mean_token_sum",
+        "constant",
+    }
+
+
+def test_value_loss_clipping_hand_worked():
+    from turnrl.training.losses import value_loss
+
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    new = torch.tensor([[0.5, -0.1, 0.5]])
+    returns = torch.tensor([[1.0, 1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0]])
+    loss, stats = value_loss(new, old, returns, mask, clip=0.2)
+    # token 0: unclipped (0.5 - 1)^2 = 0.25, clipped (0.2 - 1)^2 = 0.64 -> 0.5 * 0.64 = 0.32
+    # token 1: inside the clip range: 0.5 * (-0.1 - 1)^2 = 0.605
+    # token 2: unclipped (0.5 + 1)^2 = 2.25, clipped (0.2 + 1)^2 = 1.44 -> 0.5 * 2.25 = 1.125
+    assert_close(loss, torch.tensor([[0.32, 0.605, 1.125]]))
+    assert_close(stats["value_clip_frac"], torch.tensor(1 / 3))
+    unclipped, _ = value_loss(new, old, returns, mask, clip=None)
+    assert_close(unclipped, 0.5 * (new - returns) ** 2)
+
+
+def test_gvpo_loss_hand_worked():
+    from turnrl.training.losses import gvpo_loss
+
+    # One group of 3 one-token responses; log pi - log pi' = 0.2, 0, -0.2; beta 0.5.
+    logprobs = torch.tensor([[0.0, -0.8], [0.0, -1.0], [0.0, -1.2]])
+    anchor = torch.tensor([[0.0, -1.0], [0.0, -1.0], [0.0, -1.0]])
+    mask = torch.tensor([[0.0, 1.0]] * 3)
+    rewards = torch.tensor([1.0, 0.0, 0.5])
+    groups = torch.tensor([0, 0, 0])
+    loss, stats = gvpo_loss(logprobs, anchor, mask, rewards, groups, 0.5)
+    # R_theta = 0.5 x (0.2, 0, -0.2) = (0.1, 0, -0.1), mean 0 -> centered (0.1, 0, -0.1)
+    # rewards centered: (0.5, -0.5, 0)
+    # residuals: (-0.4, 0.5, -0.1); squares 0.16 + 0.25 + 0.01 = 0.42
+    # loss = 1/(k-1) x 0.5 x 0.42 = 0.105
+    assert_close(loss, torch.tensor(0.105))
+    assert_close(stats["gvpo/weight_abs_mean"], torch.tensor(1.0 / 3))
+    # Two copies of the group: the mean over groups is unchanged; num_groups overrides.
+    two, _ = gvpo_loss(
+        logprobs.repeat(2, 1),
+        anchor.repeat(2, 1),
+        mask.repeat(2, 1),
+        rewards.repeat(2),
+        torch.tensor([0, 0, 0, 5, 5, 5]),
+        0.5,
+    )
+    assert_close(two, torch.tensor(0.105))
+    half, _ = gvpo_loss(logprobs, anchor, mask, rewards, groups, 0.5, num_groups=2)
+    assert_close(half, torch.tensor(0.0525))
+    import pytest
+
+    with pytest.raises(ValueError, match="at least two"):
+        gvpo_loss(logprobs[:1], anchor[:1], mask[:1], rewards[:1], groups[:1], 0.5)

@@ -1,22 +1,43 @@
 """Advantage estimators: pure functions of a RolloutBatch, one dict of kinds.
 
-GRPO (Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300), outcome
-supervision: each trajectory's reward minus its group's mean, optionally
-divided by a standard deviation, given to every sampled token of the
-trajectory. Where this departs from the paper:
+An estimator is any callable ``(batch, values=None) -> advantages (N, T)``,
+zero off the loss mask. ``ESTIMATORS`` maps a config ``kind`` to a factory
+taking the ``AlgorithmConfig``; a user's own estimator is passed to the
+Trainer (``estimator=``) or named in the config as ``"package.module:function"``
+(a factory with the same signature as those in ``ESTIMATORS``).
 
-- Normalization is a separate, named step (``scale_rewards``): ``group``
-  divides by the group's std as in the paper, ``batch`` by the whole batch's
-  std, ``none`` does not divide (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783,
-  who show the group std biases updates toward easy and hard prompts).
-- The std is Bessel-corrected and ``eps = 1e-4`` is added, as TRL does.
-- A multi-turn trajectory is one sample: its total reward (environment
-  rewards of every turn plus reward functions) is the outcome, and every
-  assistant token of every turn gets the same advantage.
+- ``grpo``: Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, outcome
+  supervision: each trajectory's reward minus its group's mean, optionally
+  divided by a standard deviation, given to every sampled token of the
+  trajectory.
+- ``rloo``: REINFORCE leave-one-out, Kool et al. 2019 ("Buy 4 REINFORCE
+  samples, get a baseline for free!") as used for LLMs by Ahmadian et al.
+  2024, arXiv 2402.14740: the baseline of a trajectory is the mean reward of
+  the *other* trajectories of its group, ``A_i = R_i - mean_{j != i} R_j =
+  k/(k-1) (R_i - mean R)``.
+- ``gae``: generalized advantage estimation, Schulman et al. 2016, arXiv
+  1506.02438, at token level over the assistant's tokens, with a learned
+  value function (see :mod:`turnrl.training.value`).
+- ``gvpo``: Zhang et al. 2025, arXiv 2504.19599. GVPO is a loss, not an
+  advantage (see :func:`turnrl.training.losses.gvpo_loss`); its estimator
+  returns the centered rewards ``R_i - mean R``, which are GVPO's weights
+  ``w_i`` on the first update from the behavior policy, for logging.
 
-An estimator is any callable ``(batch, values=None) -> advantages (N, T)``;
-``ESTIMATORS`` maps a config ``kind`` to a factory taking the
-``AlgorithmConfig``.
+Where this departs from the papers:
+
+- Normalization is a separate, named step. ``scale_rewards`` (grpo, rloo;
+  default ``group`` for grpo, ``none`` for rloo as in its paper)
+  divides by the group's std as in the GRPO paper (``group``), by the whole
+  batch's std (``batch``), or not at all (``none``, Dr. GRPO, Liu et al. 2025,
+  arXiv 2503.20783, who show the group std biases updates toward easy and
+  hard prompts). The std is Bessel-corrected and ``eps = 1e-4`` is added, as
+  TRL does. Advantage whitening over the batch (:func:`whiten`) is the
+  trainer's step after any estimator, on by default for ``gae`` only.
+- A multi-turn trajectory is one sample for the outcome estimators: its total
+  reward (environment rewards of every turn plus reward functions) is the
+  outcome, and every assistant token of every turn gets the same advantage.
+  ``gae`` instead sees each turn's environment reward at that turn's last
+  token (``RolloutBatch.token_rewards``).
 """
 
 from __future__ import annotations
@@ -28,10 +49,16 @@ import torch
 
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import AlgorithmConfig
+from turnrl.training.value import state_values
 
 
 class AdvantageEstimator(Protocol):
-    """Per-token advantages for a batch. Returns shape (N, T), 0 off the loss mask."""
+    """Per-token advantages for a batch. Returns shape (N, T), 0 off the loss mask.
+
+    ``values`` (only for estimators that need a critic, like ``gae``) has shape
+    (N, T): ``values[i, t]`` is the value of sequence ``i``'s prefix up to and
+    including token ``t``.
+    """
 
     def __call__(self, batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -55,6 +82,37 @@ def group_std(x: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     return (squares / (counts - 1).clamp(min=1)).sqrt()[group_ids]
 
 
+def group_size(group_ids: torch.Tensor) -> torch.Tensor:
+    """Each element's group size. Shape (N,)."""
+    ones = torch.ones_like(group_ids, dtype=torch.float32)
+    return _group_sum(ones, group_ids)[group_ids]
+
+
+def scale_advantages(
+    centered: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    how: str,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Divide centered rewards by the group std, the batch std, or nothing.
+
+    Args:
+        centered: Shape (N,), rewards minus a baseline.
+        rewards: Shape (N,), the raw rewards (whose std is taken).
+        group_ids: Shape (N,).
+        how: ``group`` | ``batch`` | ``none``.
+        eps: Added to the std before dividing.
+    """
+    if how == "group":
+        return centered / (group_std(rewards, group_ids) + eps)
+    if how == "batch":
+        return centered / (rewards.std() + eps)
+    if how == "none":
+        return centered
+    raise ValueError(f"unknown scale_rewards {how!r}; choose group, batch or none")
+
+
 def grpo_advantages(
     rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "group", eps: float = 1e-4
 ) -> torch.Tensor:
@@ -69,14 +127,33 @@ def grpo_advantages(
     Returns:
         Shape (N,).
     """
-    centered = rewards - group_mean(rewards, group_ids)
-    if scale == "group":
-        return centered / (group_std(rewards, group_ids) + eps)
-    if scale == "batch":
-        return centered / (rewards.std() + eps)
-    if scale == "none":
-        return centered
-    raise ValueError(f"unknown scale_rewards {scale!r}; choose group, batch or none")
+    return scale_advantages(
+        rewards - group_mean(rewards, group_ids), rewards, group_ids, scale, eps
+    )
+
+
+def rloo_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "none", eps: float = 1e-4
+) -> torch.Tensor:
+    """Leave-one-out advantage per trajectory: ``R_i - mean of the group's other rewards``.
+
+    Args:
+        rewards: Shape (N,).
+        group_ids: Shape (N,). Every group needs at least two trajectories.
+        scale: ``group`` | ``batch`` | ``none``.
+        eps: Added to the std before dividing.
+
+    Returns:
+        Shape (N,).
+
+    Raises:
+        ValueError: A group has a single trajectory (it has no baseline).
+    """
+    sizes = group_size(group_ids)
+    if bool((sizes < 2).any()):
+        raise ValueError("rloo needs at least two trajectories per group (rollout.min_group_size)")
+    others = (_group_sum(rewards, group_ids)[group_ids] - rewards) / (sizes - 1)
+    return scale_advantages(rewards - others, rewards, group_ids, scale, eps)
 
 
 def per_token(sequence_advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -84,16 +161,127 @@ def per_token(sequence_advantages: torch.Tensor, loss_mask: torch.Tensor) -> tor
     return sequence_advantages[:, None] * loss_mask
 
 
+def whiten(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Shift and scale advantages to mean 0, std 1 over the masked tokens. Shape (N, T)."""
+    count = mask.sum().clamp(min=1)
+    mean = (advantages * mask).sum() / count
+    var = (((advantages - mean) * mask) ** 2).sum() / count
+    return (advantages - mean) * torch.rsqrt(var + eps) * mask
+
+
+def gae_advantages(
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    loss_mask: torch.Tensor,
+    truncated: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level GAE over each sequence's sampled tokens.
+
+    Only sampled (loss-mask) tokens are time steps; environment tokens between
+    turns are part of the transition from one assistant token to the next.
+    The value of the state in which token ``t`` is chosen is ``values[t - 1]``
+    (the prefix before it). After the last sampled token the next value is 0
+    when the episode terminated and ``values[last]`` (the prefix including the
+    last token) when it was truncated: the bootstrap.
+
+    Args:
+        token_rewards: Shape (N, T), reward received after each token.
+        values: Shape (N, T), value of the prefix up to and including token t.
+        loss_mask: Shape (N, T), 1 on sampled tokens.
+        truncated: Shape (N,), bool: bootstrap after the last sampled token.
+        gamma: Discount per sampled token.
+        lam: GAE's lambda.
+
+    Returns:
+        ``(advantages, returns)``, both (N, T) and 0 off the mask;
+        ``returns = advantages + V(state)``, the value targets.
+    """
+    n, width = loss_mask.shape
+    mask = loss_mask > 0
+    lengths = mask.sum(-1)  # (N,)
+    steps = int(lengths.max()) if n else 0
+    # Positions of the sampled tokens, in order, packed to the left: (N, L).
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :steps]
+    valid = torch.arange(steps, device=mask.device)[None] < lengths[:, None]  # (N, L)
+    before = state_values(values)  # (N, T): V of the state token t is chosen in
+    rewards = token_rewards.gather(1, order) * valid  # (N, L)
+    v = before.gather(1, order) * valid  # (N, L)
+    rows = torch.arange(n, device=mask.device)
+    last = order[rows, (lengths - 1).clamp(min=0)]  # (N,) position of the last sampled token
+    bootstrap = values[rows, last] * truncated.to(values.dtype) * (lengths > 0)  # (N,)
+    next_v = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)  # (N, L)
+    next_v[rows, (lengths - 1).clamp(min=0)] = bootstrap
+    deltas = (rewards + gamma * next_v - v) * valid  # (N, L)
+
+    packed = torch.zeros_like(deltas)
+    running = torch.zeros(n, dtype=deltas.dtype, device=deltas.device)
+    for j in reversed(range(steps)):
+        running = torch.where(valid[:, j], deltas[:, j] + gamma * lam * running, 0.0)
+        packed[:, j] = running
+    advantages = torch.zeros(n, width, dtype=deltas.dtype, device=deltas.device)
+    advantages.scatter_(1, order, packed * valid)
+    returns = (advantages + before) * loss_mask
+    return advantages * loss_mask, returns
+
+
 def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
     """The GRPO estimator configured by ``config.scale_rewards``."""
 
     def grpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
-        advantages = grpo_advantages(batch.rewards, batch.group_ids, scale=config.scale_rewards)
+        how = config.scale_rewards or "group"
+        advantages = grpo_advantages(batch.rewards, batch.group_ids, scale=how)
         return per_token(advantages, batch.loss_mask)
 
     return grpo
 
 
+def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
+    """The RLOO estimator configured by ``config.scale_rewards``."""
+
+    def rloo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
+        how = config.scale_rewards or "none"
+        advantages = rloo_advantages(batch.rewards, batch.group_ids, scale=how)
+        return per_token(advantages, batch.loss_mask)
+
+    return rloo
+
+
+def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
+    """The GAE estimator with ``config.gamma`` and ``config.gae_lambda``."""
+
+    def gae(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
+        if values is None:
+            raise ValueError("the gae estimator needs values from a value head")
+        advantages, _ = gae_advantages(
+            batch.token_rewards,
+            values,
+            batch.loss_mask,
+            batch.truncated & ~batch.terminated,
+            gamma=config.gamma,
+            lam=config.gae_lambda,
+        )
+        return advantages
+
+    return gae
+
+
+def make_gvpo(config: AlgorithmConfig) -> AdvantageEstimator:
+    """GVPO's weights on the first update from the sampler: centered rewards (for logging)."""
+
+    def gvpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
+        return per_token(
+            batch.rewards - group_mean(batch.rewards, batch.group_ids), batch.loss_mask
+        )
+
+    return gvpo
+
+
 ESTIMATORS: dict[str, Callable[[AlgorithmConfig], AdvantageEstimator]] = {
     "grpo": make_grpo,
+    "rloo": make_rloo,
+    "gae": make_gae,
+    "gvpo": make_gvpo,
 }

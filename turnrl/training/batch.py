@@ -42,6 +42,15 @@ class RolloutBatch:
         group_ids: Which group (scenario) each trajectory belongs to. Shape (N,).
         terminated: Episode ended in a terminal state. Shape (N,).
         truncated: Episode was cut by a limit. Shape (N,).
+        old_logprobs: Log-probs of the policy before this step's updates, the
+            denominator of the PPO ratio (the behavior log-probs for fresh
+            rollouts). Shape (N, T). Set by the trainer before the update.
+        ref_logprobs: Log-probs under the reference model (or GVPO's
+            ``pi_theta'``). Shape (N, T). Set by the trainer when needed.
+        values: The critic's value of each prefix before the update (gae).
+            Shape (N, T).
+        advantages: The estimator's output. Shape (N, T).
+        returns: Value targets (gae). Shape (N, T).
     """
 
     input_ids: torch.Tensor
@@ -54,6 +63,11 @@ class RolloutBatch:
     group_ids: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

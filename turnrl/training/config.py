@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ProfileName = Literal["conservative", "balanced", "aggressive"]
 
@@ -68,26 +75,123 @@ class RolloutConfig(_Section):
     )
 
 
+BUILTIN_ESTIMATORS = ("grpo", "rloo", "gae", "gvpo")
+GROUP_ESTIMATORS = ("grpo", "rloo", "gvpo")
+"""Estimators that compare episodes within a group (they need num_generations >= 2)."""
+
+
 class AlgorithmConfig(_Section):
     """The advantage estimator and the policy loss."""
 
-    estimator: Literal["grpo"] = Field("grpo", description="Advantage estimator kind.")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group",
-        description="Divide centered rewards by the group std, the batch std, or nothing "
-        "(Dr. GRPO).",
+    estimator: str = Field(
+        "grpo",
+        description="Advantage estimator: grpo | rloo | gae | gvpo, or 'package.module:factory' "
+        "for your own (a factory taking this AlgorithmConfig and returning an estimator).",
+    )
+    scale_rewards: Literal["group", "batch", "none"] | None = Field(
+        None,
+        description="grpo/rloo: divide centered rewards by the group std, the batch std, or "
+        "nothing (Dr. GRPO). None: group for grpo, none for rloo.",
+    )
+    whiten_advantages: bool | None = Field(
+        None,
+        description="Shift and scale advantages to mean 0, std 1 over the batch's tokens. "
+        "None: on for gae, off otherwise.",
     )
     clip_eps_low: float = Field(0.2, ge=0, description="PPO ratio clip below: 1 - clip_eps_low.")
     clip_eps_high: float = Field(0.2, ge=0, description="PPO ratio clip above: 1 + clip_eps_high.")
     beta: float = Field(
-        0.04, ge=0, description="KL coefficient to the reference model; 0 loads no reference."
+        0.04,
+        ge=0,
+        description="KL coefficient to the reference model (0 loads no reference); for gvpo, "
+        "GVPO's beta.",
     )
-    kl_estimator: Literal["k3"] = Field("k3", description="KL estimator (Schulman's k3).")
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean"] = Field(
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator (Schulman 2020): k1, k2 or k3."
+    )
+    kl_penalty: Literal["loss", "reward"] = Field(
+        "loss",
+        description="Add beta * KL to the loss, or subtract it from the reward (per token for "
+        "gae, summed per trajectory for grpo/rloo).",
+    )
+    loss_aggregation: Literal[
+        "token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"
+    ] = Field(
         "token_mean",
-        description="Average per-token losses over all tokens of a step (token_mean), or per "
-        "trajectory first and then over trajectories (seq_mean_token_mean, the GRPO paper's).",
+        description="How per-token losses become one number: mean over all tokens of a step, "
+        "mean per trajectory then over trajectories (GRPO paper), sum per trajectory then mean, "
+        "or sum over a fixed token budget (constant, Dr. GRPO).",
     )
+    constant_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget per trajectory for loss_aggregation=constant (None: "
+        "generation.max_new_tokens x rollout.max_turns, or max_new_tokens without a turn limit).",
+    )
+    entropy_coef: float = Field(
+        0.0, ge=0, description="Entropy bonus: subtract entropy_coef x mean token entropy."
+    )
+    num_iterations: int = Field(
+        1,
+        ge=1,
+        description="Passes over each rollout batch (PPO epochs; ratios use the "
+        "behavior log-probs).",
+    )
+    num_minibatches: int = Field(
+        1, ge=1, description="Optimizer steps per pass, each on a share of the groups."
+    )
+    skip_tied_groups: bool = Field(
+        False,
+        description="Drop groups whose rewards all tie (no signal for group estimators) before "
+        "the update; they are counted in rollout/frac_zero_std either way.",
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="gae: discount per sampled token.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="gae: GAE's lambda.")
+    value_coef: float = Field(0.1, ge=0, description="gae: weight of the value loss.")
+    value_clip: float | None = Field(
+        0.2, gt=0, description="gae: clip value updates to +-value_clip (None: no clipping)."
+    )
+    critic: Literal["shared", "separate"] = Field(
+        "shared",
+        description="gae: value head on the policy's last hidden state (shared trunk), or on "
+        "its own copy of the policy's trunk (separate).",
+    )
+    value_lr: float | None = Field(
+        None, gt=0, description="gae: learning rate of the value parameters (None: optim.lr)."
+    )
+    gvpo_reference: Literal["behavior", "reference"] = Field(
+        "behavior",
+        description="gvpo: which policy plays pi_theta' - the policy that sampled the batch "
+        "(the authors' choice) or the frozen reference model.",
+    )
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, value: str) -> str:
+        if value not in BUILTIN_ESTIMATORS and ":" not in value:
+            raise ValueError(
+                f"unknown estimator {value!r}; choose one of "
+                f"{', '.join(BUILTIN_ESTIMATORS)} or give 'package.module:factory'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmConfig:
+        if self.estimator == "gvpo" and self.kl_penalty == "reward":
+            raise ValueError(
+                "estimator='gvpo' regularizes through its own beta; kl_penalty='reward' does not "
+                "apply (leave it at 'loss')"
+            )
+        if self.estimator == "gvpo" and self.beta <= 0:
+            raise ValueError("estimator='gvpo' needs beta > 0 (GVPO's loss scales with beta)")
+        return self
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a frozen reference model is needed."""
+        if self.estimator == "gvpo":
+            return self.gvpo_reference == "reference"
+        return self.beta > 0
 
 
 class OptimConfig(_Section):
@@ -156,7 +260,7 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _check_group_estimator(self) -> TrainingConfig:
-        if self.rollout.num_generations < 2:
+        if self.rollout.num_generations < 2 and self.algorithm.estimator in GROUP_ESTIMATORS:
             raise ValueError(
                 f"rollout.num_generations={self.rollout.num_generations}: the "
                 f"{self.algorithm.estimator!r} estimator compares episodes within a group, "

@@ -1,23 +1,37 @@
-"""Policy losses and KL estimators: pure functions, tensors in, ``(loss, stats)`` out.
+"""Policy losses, KL estimators, the value loss and GVPO: tensors in, ``(loss, stats)`` out.
 
 - PPO-clip: Schulman et al., "Proximal Policy Optimization Algorithms" (2017),
-  with separate lower and upper clip ranges (DAPO's clip-higher, Yu et al. 2025).
-- KL estimators: Schulman, "Approximating KL Divergence" (2020); k3 is the
-  unbiased, always non-negative ``exp(r) - r - 1`` with ``r = log ref - log pi``,
-  as in GRPO (Shao et al. 2024, DeepSeekMath).
+  with separate lower and upper clip ranges (DAPO's clip-higher, Yu et al. 2025,
+  arXiv 2503.14476).
+- KL estimators: Schulman, "Approximating KL Divergence" (2020), with
+  ``r = log ref - log pi`` on tokens sampled from pi: ``k1 = -r`` (unbiased,
+  can be negative), ``k2 = r^2 / 2`` (biased, low variance), ``k3 = exp(r) - r - 1``
+  (unbiased, non-negative; GRPO's choice, Shao et al. 2024, arXiv 2402.03300).
+- Clipped value loss: the PPO2 baseline implementation's ``max`` of the
+  unclipped and clipped squared errors, halved.
+- GVPO: Zhang et al. 2025, "GVPO: Group Variance Policy Optimization for Large
+  Language Model Post-Training", arXiv 2504.19599, in the squared-error form of
+  the paper's implementation (see :func:`gvpo_loss`).
 
-Per-token losses are aggregated over a whole optimizer step: the trainer
-passes the step's total token (or sequence) count, so splitting a step into
+Aggregation. Per-token losses become one number over a whole optimizer step:
+the trainer passes the step's normalizer, so splitting a step into
 micro-batches (gradient accumulation) does not change the gradient.
 
 - ``token_mean``: every sampled token weighs the same (DAPO). Long trajectories
   weigh more; in multi-turn tasks failed episodes are the long ones.
-- ``seq_mean_token_mean``: average over each trajectory's tokens, then over
-  trajectories (the GRPO paper's 1/G sum_i 1/|o_i| sum_t): every trajectory
-  weighs the same, whatever its length.
+- ``seq_mean_token_mean``: the mean over each trajectory's tokens, then over
+  trajectories (the GRPO paper's ``1/G sum_i 1/|o_i| sum_t``).
+- ``seq_mean_token_sum``: the sum over each trajectory's tokens, mean over
+  trajectories: a trajectory weighs in proportion to its length, but the scale
+  does not depend on what else is in the batch.
+- ``constant``: the sum over all tokens divided by ``trajectories x L`` for a
+  fixed budget ``L`` (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783): no length
+  normalization at all, so no length bias.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +39,16 @@ import torch
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` where ``mask`` is 1. Shapes: x (N, T), mask (N, T)."""
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k1 estimate of KL(pi || ref): ``log pi - log ref``. Shape (N, T)."""
+    return logprobs - ref_logprobs
+
+
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k2 estimate of KL(pi || ref): ``(log pi - log ref)^2 / 2``. Shape (N, T)."""
+    return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -41,7 +65,11 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-KL_ESTIMATORS = {"k3": kl_k3}
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
 
 
 def ppo_clip_loss(
@@ -79,6 +107,40 @@ def ppo_clip_loss(
     return per_token * mask, stats
 
 
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float | None = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token clipped value loss ``0.5 * max((v - R)^2, (v_clip - R)^2)``.
+
+    Args:
+        values: Shape (N, T), the value head's current predictions.
+        old_values: Shape (N, T), its predictions when the batch was collected.
+        returns: Shape (N, T), the targets (advantages + old values for GAE).
+        mask: Shape (N, T).
+        clip: ``v_clip = old + clamp(v - old, -clip, clip)``; None: no clipping.
+
+    Returns:
+        ``(per_token_loss (N, T), stats)`` with ``value_clip_frac``.
+    """
+    unclipped = (values - returns) ** 2
+    if clip is None:
+        per_token = 0.5 * unclipped
+        clipped_more = torch.zeros_like(unclipped)
+    else:
+        clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+        clipped = (clipped_values - returns) ** 2
+        per_token = 0.5 * torch.maximum(unclipped, clipped)
+        clipped_more = (clipped > unclipped).float()
+    with torch.no_grad():
+        stats = {"value_clip_frac": masked_mean(clipped_more, mask)}
+    return per_token * mask, stats
+
+
 def token_mean(
     per_token: torch.Tensor, mask: torch.Tensor, num_tokens: int | float
 ) -> torch.Tensor:
@@ -104,3 +166,139 @@ def seq_mean_token_mean(
     """
     per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (N,)
     return per_sequence.sum() / max(float(num_sequences), 1.0)
+
+
+def seq_mean_token_sum(
+    per_token: torch.Tensor, mask: torch.Tensor, num_sequences: int | float
+) -> torch.Tensor:
+    """Sum over each sequence's masked tokens, summed, divided by the step's sequence count.
+
+    Args:
+        per_token: Shape (N, T).
+        mask: Shape (N, T).
+        num_sequences: Sequences in the whole optimizer step (all micro-batches).
+    """
+    return (per_token * mask).sum() / max(float(num_sequences), 1.0)
+
+
+def constant_normalizer(
+    per_token: torch.Tensor, mask: torch.Tensor, normalizer: int | float
+) -> torch.Tensor:
+    """Sum of masked per-token losses divided by a fixed number (Dr. GRPO).
+
+    Args:
+        per_token: Shape (N, T).
+        mask: Shape (N, T).
+        normalizer: ``sequences in the step x token budget per sequence``.
+    """
+    return (per_token * mask).sum() / max(float(normalizer), 1.0)
+
+
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int | float], torch.Tensor]] = {
+    "token_mean": token_mean,
+    "seq_mean_token_mean": seq_mean_token_mean,
+    "seq_mean_token_sum": seq_mean_token_sum,
+    "constant": constant_normalizer,
+}
+"""How per-token losses become one number; each takes the step's normalizer."""
+
+
+def gvpo_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    *,
+    num_groups: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GVPO's loss: match the centered implicit rewards to the centered rewards.
+
+    For each group of ``k`` responses ``y_i`` to one prompt, with the implicit
+    reward ``R_theta_i = beta * sum_t (log pi_theta - log pi_theta')(y_i)`` over
+    the response's tokens::
+
+        loss_group = 1/(k-1) * sum_i 0.5 * ((R_theta_i - mean R_theta) - (R_i - mean R))^2
+
+    and the loss is the mean of ``loss_group`` over groups. Its gradient is
+    ``-beta/(k-1) * sum_i w_i grad log pi_theta(y_i)`` with
+    ``w_i = (R_i - mean R) - beta * (Delta_i - mean Delta)``,
+    ``Delta_i = log pi_theta(y_i) - log pi_theta'(y_i)``, and the ``w_i`` of
+    a group sum to zero. ``pi_theta'`` is fixed (no gradient flows into
+    ``ref_logprobs``).
+
+    Args:
+        logprobs: Shape (B, T), per-token log-probs under the current policy.
+        ref_logprobs: Shape (B, T), per-token log-probs under ``pi_theta'``.
+        mask: Shape (B, T), 1 on the response tokens.
+        rewards: Shape (B,), each response's reward.
+        group_ids: Shape (B,), which group (prompt) each response belongs to.
+        beta: The KL-regularization coefficient of GVPO.
+        num_groups: Groups in the whole optimizer step, when this call sees
+            only some of them (gradient accumulation); default: the groups present.
+
+    Returns:
+        ``(loss, stats)``; stats (detached): ``gvpo/implicit_reward_mean``
+        (``R_theta`` averaged over responses) and ``gvpo/weight_abs_mean``
+        (mean ``|w_i|``).
+
+    Raises:
+        ValueError: A group has fewer than two responses.
+    """
+    _check_pairs(group_ids)
+    implicit = beta * ((logprobs - ref_logprobs.detach()) * mask).sum(-1)  # (B,)
+    residual = -gvpo_weights(logprobs, ref_logprobs, mask, rewards, group_ids, beta)  # (B,)
+    _, dense = torch.unique(group_ids, return_inverse=True)
+    counts = torch.bincount(dense).to(residual.dtype)  # (g,)
+    per_response = 0.5 * residual**2 / (counts[dense] - 1)  # (B,)
+    present = len(counts)
+    loss = per_response.sum() / float(num_groups if num_groups is not None else present)
+    with torch.no_grad():
+        stats = {
+            "gvpo/implicit_reward_mean": implicit.mean(),
+            "gvpo/weight_abs_mean": residual.abs().mean(),
+        }
+    return loss, stats
+
+
+def gvpo_weights(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """GVPO's per-response weights ``w_i = (R_i - mean R) - beta * (Delta_i - mean Delta)``.
+
+    Means are over each response's group; ``Delta_i`` is the sum over the
+    response's tokens of ``log pi_theta - log pi_theta'``. The weights of a
+    group sum to zero. Gradients flow through ``logprobs``.
+
+    Args:
+        logprobs: Shape (B, T).
+        ref_logprobs: Shape (B, T), under ``pi_theta'`` (detached).
+        mask: Shape (B, T).
+        rewards: Shape (B,).
+        group_ids: Shape (B,).
+        beta: GVPO's beta.
+
+    Returns:
+        Shape (B,).
+    """
+    delta = ((logprobs - ref_logprobs.detach()) * mask).sum(-1)  # (B,)
+    _, dense = torch.unique(group_ids, return_inverse=True)
+    counts = torch.bincount(dense).to(delta.dtype)  # (g,)
+
+    def centered(x: torch.Tensor) -> torch.Tensor:
+        sums = torch.zeros(len(counts), dtype=x.dtype, device=x.device).index_add_(0, dense, x)
+        return x - (sums / counts)[dense]
+
+    return centered(rewards.to(delta.dtype)) - beta * centered(delta)
+
+
+def _check_pairs(group_ids: torch.Tensor) -> None:
+    _, counts = torch.unique(group_ids, return_counts=True)
+    if bool((counts < 2).any()):
+        raise ValueError("gvpo_loss needs at least two responses in every group")

@@ -8,14 +8,25 @@ the end-of-turn token; everything else is tokenized by the agent's own
 ``encode`` (the chat template), exactly as during rollouts. The turns have no
 behavior log-probabilities (``logprobs=None``): they were not sampled by the
 current policy.
+
+:func:`groups_from_completions` builds whole TrajectoryGroups from plain
+``(prompt, completions, rewards)`` records, for ``await trainer.step(groups)``:
+a replay buffer, human demonstrations, another model's outputs. GVPO (Zhang et
+al. 2025, arXiv 2504.19599) is derived for samples from any distribution, so
+it trains on such groups directly; estimators with a PPO ratio need the
+behavior log-probs and refuse them (see ``turnrl.training.update.score_batch``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.types import Message, Scenario, Trajectory, Turn
+from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
+
+Prompt = str | Sequence[Message]
+Completion = str | Sequence[Message]
 
 
 def trajectory_from_messages(
@@ -62,3 +73,51 @@ def trajectory_from_messages(
         conversation.append(sampled)
     trajectory.terminated = True
     return trajectory
+
+
+def groups_from_completions(
+    agent: TransformersAgent,
+    records: Iterable[tuple[Prompt, Sequence[Completion], Sequence[float]]],
+) -> list[TrajectoryGroup]:
+    """TrajectoryGroups from ``(prompt, completions, rewards)`` records.
+
+    Args:
+        agent: Supplies the tokenizer and chat template.
+        records: For each prompt (a user message's text, or a list of
+            messages), its completions (an assistant reply's text, or a list of
+            messages continuing the conversation, e.g. assistant / user /
+            assistant) and one reward per completion.
+
+    Returns:
+        One group per record; every trajectory has its reward set and no
+        behavior log-probs. The scenario id is a hash of the prompt.
+
+    Raises:
+        ValueError: A record's completions and rewards differ in number, or
+            a completion has no assistant message.
+    """
+    groups = []
+    for k, (prompt, completions, rewards) in enumerate(records):
+        if len(completions) != len(rewards):
+            raise ValueError(
+                f"record {k}: {len(completions)} completions but {len(rewards)} rewards"
+            )
+        opening = (
+            [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
+        )
+        digest = hashlib.sha1("\n".join(m.content for m in opening).encode()).hexdigest()[:12]
+        scenario = Scenario(id=f"offline-{digest}", prompt=opening)
+        trajectories = []
+        for completion, reward in zip(completions, rewards, strict=True):
+            continuation = (
+                [Message(role="assistant", content=completion)]
+                if isinstance(completion, str)
+                else list(completion)
+            )
+            trajectories.append(
+                trajectory_from_messages(
+                    agent, opening + continuation, scenario=scenario, reward=float(reward)
+                )
+            )
+        groups.append(TrajectoryGroup(scenario=scenario, trajectories=trajectories))
+    return groups

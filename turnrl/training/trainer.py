@@ -10,6 +10,7 @@ to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``.
 from __future__ import annotations
 
 import copy
+import importlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,9 +29,10 @@ from turnrl.logging import MetricsLogger, ensure_logging
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
 from turnrl.training.batch import build_batch
-from turnrl.training.config import TrainingConfig
+from turnrl.training.config import AlgorithmConfig, TrainingConfig
 from turnrl.training.rollout import collect, rollout_metrics
-from turnrl.training.update import make_optimization, policy_update
+from turnrl.training.update import estimate, make_optimization, policy_update, score_batch
+from turnrl.training.value import ValueModel
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 log = structlog.get_logger(__name__)
@@ -49,12 +51,13 @@ class Trainer:
         config: Training settings (default: the ``balanced`` profile).
         scenarios: Training scenarios (default: ``env.scenarios``).
         eval_scenarios: Held-out scenarios for evaluation (default: none).
-        estimator: A custom advantage estimator, overriding
-            ``config.algorithm.estimator``.
+        estimator: A custom advantage estimator (a callable
+            ``(batch, values=None) -> advantages (N, T)``), overriding
+            ``config.algorithm.estimator``; the policy loss is then PPO-clip.
 
     Raises:
-        ValueError: No scenarios to train on, or a setting the machine cannot
-            honour (fp16 without CUDA).
+        ValueError: No scenarios to train on, an estimator that cannot be
+            found, or a setting the machine cannot honour (fp16 without CUDA).
     """
 
     def __init__(
@@ -87,13 +90,20 @@ class Trainer:
         max_turns = self.config.rollout.max_turns
         self.env = TurnLimit(env, max_turns) if max_turns is not None else env
         self.rewards = _as_reward(rewards)
-        self.estimator = estimator or ESTIMATORS[self.config.algorithm.estimator](
-            self.config.algorithm
-        )
+        algo = self.config.algorithm
+        if estimator is not None and algo.estimator == "gvpo":
+            raise ValueError(
+                "estimator=... replaces the advantage estimator of a PPO-clip loss; GVPO has its "
+                "own loss, so set config.algorithm.estimator to another kind (e.g. 'grpo')"
+            )
+        self.estimator = estimator or resolve_estimator(algo.estimator)(algo)
         self.ref_model = None
-        if self.config.algorithm.beta > 0:
+        if algo.uses_reference:
             self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        self.optim = make_optimization(self.policy, self.config)
+        self.value_model = None
+        if algo.estimator == "gae" and estimator is None:
+            self.value_model = ValueModel(self.policy, separate=algo.critic == "separate")
+        self.optim = make_optimization(self.policy, self.config, self.value_model)
         gen = self.config.generation
         self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
         agent.engine.max_batch_size = gen.max_batch_size
@@ -146,22 +156,21 @@ class Trainer:
         if groups is None:
             groups = await self.collect_groups()
         t1 = time.perf_counter()
-        metrics: dict[str, Any] = await score_groups(groups, self.rewards)
+        # Groups given with their rewards (replayed, off-policy) keep them.
+        unscored = [g for g in groups if any(t.reward is None for t in g.ok)]
+        metrics: dict[str, Any] = await score_groups(unscored, self.rewards)
         metrics |= rollout_metrics(groups)
         kept = [g for g in groups if len(g.ok) >= self.config.rollout.min_group_size]
         metrics["rollout/groups_dropped"] = float(len(groups) - len(kept))
         metrics["rollout/frac_zero_std"] = _frac_zero_std(kept)
+        if self.config.algorithm.skip_tied_groups:
+            kept = [g for g in kept if not _tied(g)]
+            metrics["rollout/groups_skipped_tied"] = metrics["rollout/frac_zero_std"]
         self.step_count += 1
         if kept:
-            batch = build_batch(
-                kept, pad_token_id=self.agent.tokenizer.pad_token_id, device=self.device
-            )
-            advantages = self.estimator(batch)  # (N, T)
-            metrics |= policy_update(
-                self.policy, self.ref_model, batch, advantages, self.optim, self.config
-            )
+            metrics |= self._update(kept)
         else:
-            log.warning("step_skipped", step=self.step_count, reason="no group survived")
+            log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
         t2 = time.perf_counter()
         generated = self._generated_tokens() - tokens0
         return metrics | {
@@ -172,6 +181,22 @@ class Trainer:
             "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
             "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
         }
+
+    def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
+        """Score, estimate and update on ``groups``."""
+        batch = build_batch(
+            groups, pad_token_id=self.agent.tokenizer.pad_token_id, device=self.device
+        )
+        batch = score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
+        batch, metrics = estimate(batch, self.estimator, self.config)
+        return metrics | policy_update(
+            self.policy,
+            batch,
+            self.optim,
+            self.config,
+            value_model=self.value_model,
+            seed=self.config.run.seed * 1_000_003 + self.step_count,
+        )
 
     async def collect_groups(self) -> list[TrajectoryGroup]:
         """Roll out the next B training scenarios, G episodes each (no update)."""
@@ -212,10 +237,12 @@ class Trainer:
         return rollout_metrics(groups, prefix="eval")
 
     def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` the policy and tokenizer into ``path``."""
+        """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``."""
         path = Path(path)
         self.policy.save_pretrained(path)
         self.agent.tokenizer.save_pretrained(path)
+        if self.value_model is not None:
+            self.value_model.save(path)
         return path
 
     def _next_scenarios(self) -> list[Scenario]:
@@ -262,9 +289,34 @@ def _as_reward(rewards: Rewards) -> RewardFunction | None:
     return combine(*rewards)
 
 
+def _tied(group: TrajectoryGroup) -> bool:
+    """Whether the group's surviving episodes all got the same reward."""
+    return len({t.reward for t in group.ok}) <= 1
+
+
 def _frac_zero_std(groups: Sequence[TrajectoryGroup]) -> float:
     """Fraction of groups whose surviving episodes all got the same reward."""
     if not groups:
         return 0.0
-    tied = sum(len({t.reward for t in g.ok}) <= 1 for g in groups)
-    return tied / len(groups)
+    return sum(_tied(g) for g in groups) / len(groups)
+
+
+def resolve_estimator(kind: str) -> Callable[[AlgorithmConfig], AdvantageEstimator]:
+    """The estimator factory for ``kind``: a name in ``ESTIMATORS`` or ``package.module:factory``.
+
+    Raises:
+        ValueError: The name is unknown or the import path does not resolve.
+    """
+    if kind in ESTIMATORS:
+        return ESTIMATORS[kind]
+    module_name, _, attr = kind.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(
+            f"estimator {kind!r}: cannot import {attr!r} from {module_name!r} ({e}); give a "
+            f"built-in name ({', '.join(ESTIMATORS)}) or 'package.module:factory'"
+        ) from None
+    if not callable(factory):
+        raise ValueError(f"estimator {kind!r} is not callable")
+    return factory

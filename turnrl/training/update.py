@@ -1,36 +1,53 @@
-"""One optimizer step on a RolloutBatch: micro-batches, AMP, clipping.
+"""The update: score a RolloutBatch, estimate advantages, take optimizer steps.
 
-The batch is split into micro-batches of ``optim.micro_batch_size``
-sequences; each runs forward and backward, and gradients accumulate into a
-single optimizer step. Per-token losses are divided by the token count of the
-whole step (not of the micro-batch), so the update does not depend on how the
-batch is split. The reference model's forward runs under ``no_grad`` on the
-same micro-batch.
+Three stages, each a function the Trainer calls in turn:
+
+1. :func:`score_batch` (no gradients): the log-probs of the policy before the
+   update (the behavior log-probs when the batch has them), the reference
+   model's log-probs, and the critic's values, a micro-batch at a time.
+2. :func:`estimate`: the KL penalty in the reward (``kl_penalty="reward"``),
+   the estimator, advantage whitening, value targets.
+3. :func:`policy_update`: ``num_iterations`` passes over the batch, each
+   split into ``num_minibatches`` optimizer steps, each accumulated over
+   micro-batches of ``optim.micro_batch_size`` sequences.
+
+Per-token losses are divided by the normalizer of the whole optimizer step
+(its token count, sequence count, or token budget; see
+:mod:`turnrl.training.losses`), not of the micro-batch, so the update does not
+depend on how the step is split. GVPO compares responses within a group, so
+its micro-batches and mini-batches hold whole groups (a micro-batch may then
+exceed ``micro_batch_size`` to fit one group).
 
 Mixed precision: ``bf16`` runs the forward passes under bf16 autocast (CPU or
 CUDA); ``fp16`` also scales the loss with a GradScaler and is CUDA-only.
-A step whose gradient norm is not finite is skipped: gradients are dropped
-and parameters and optimizer state stay as they were.
+An optimizer step whose gradient norm is not finite is skipped: gradients are
+dropped and parameters and optimizer state stay as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from turnrl.training.advantages import AdvantageEstimator, whiten
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
-from turnrl.training.logprobs import token_logprobs
+from turnrl.training.logprobs import forward_tokens
 from turnrl.training.losses import (
+    AGGREGATIONS,
     KL_ESTIMATORS,
+    gvpo_loss,
     masked_mean,
     ppo_clip_loss,
-    seq_mean_token_mean,
-    token_mean,
+    value_loss,
 )
+from turnrl.training.value import ValueModel, state_values
 
 
 @dataclass
@@ -42,11 +59,7 @@ class Optimization:
     scaler: torch.amp.GradScaler
 
 
-# How per-token losses become one number; each takes the step's normalizer.
-AGGREGATIONS = {"token_mean": token_mean, "seq_mean_token_mean": seq_mean_token_mean}
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
 
     def schedule(step: int) -> float:
@@ -58,16 +71,31 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
     return schedule
 
 
-def make_optimization(model: torch.nn.Module, config: TrainingConfig) -> Optimization:
-    """AdamW over trainable parameters, linear warmup then cosine decay to ``min_lr_ratio``."""
-    opt = config.optim
+def make_optimization(
+    model: torch.nn.Module, config: TrainingConfig, value_model: ValueModel | None = None
+) -> Optimization:
+    """AdamW over trainable parameters, linear warmup then cosine decay to ``min_lr_ratio``.
+
+    The schedule counts optimizer steps: ``max_steps x num_iterations x
+    num_minibatches`` in a run (warmup is counted in training steps and
+    scaled the same way). The value model's parameters, if any, are a second
+    parameter group with ``algorithm.value_lr``.
+    """
+    opt, algo = config.optim, config.algorithm
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    groups = [{"params": params}]
+    if value_model is not None:
+        own = [p for n, p in value_model.named_parameters() if p.requires_grad]
+        groups.append({"params": own, "lr": algo.value_lr or opt.lr})
     optimizer = torch.optim.AdamW(
-        params, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.adam_betas
+        groups, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.adam_betas
     )
-    schedule = warmup_cosine(opt.warmup_steps, config.run.max_steps, opt.min_lr_ratio)
+    per_step = algo.num_iterations * algo.num_minibatches
+    schedule = warmup_cosine(
+        opt.warmup_steps * per_step, config.run.max_steps * per_step, opt.min_lr_ratio
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=opt.precision == "fp16")
     return Optimization(optimizer, scheduler, scaler)
@@ -81,78 +109,333 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def policy_update(
+def constant_tokens(config: TrainingConfig) -> int:
+    """The per-trajectory token budget of ``loss_aggregation="constant"``."""
+    if config.algorithm.constant_tokens is not None:
+        return config.algorithm.constant_tokens
+    return config.generation.max_new_tokens * (config.rollout.max_turns or 1)
+
+
+def micro_batches(batch: RolloutBatch, size: int, *, whole_groups: bool) -> list[torch.Tensor]:
+    """Row indices of each micro-batch: ``size`` rows, or whole groups up to ``size`` rows."""
+    rows = torch.arange(len(batch))
+    if not whole_groups:
+        return list(rows.split(size))
+    out, current = [], []
+    for group in _group_rows(batch):
+        if current and len(current) + len(group) > size:
+            out.append(torch.tensor(current))
+            current = []
+        current.extend(group)
+    if current:
+        out.append(torch.tensor(current))
+    return out
+
+
+def minibatches(
+    batch: RolloutBatch, count: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """Row indices of ``count`` mini-batches, each made of whole groups (shuffled if a
+    generator is given)."""
+    groups = _group_rows(batch)
+    if count > len(groups):
+        raise ValueError(
+            f"algorithm.num_minibatches={count} exceeds the {len(groups)} groups of the batch"
+        )
+    order = torch.randperm(len(groups), generator=generator) if generator is not None else None
+    if order is not None:
+        groups = [groups[i] for i in order.tolist()]
+    share = [groups[i::count] for i in range(count)]
+    return [torch.tensor(sorted(r for g in part for r in g)) for part in share]
+
+
+def _group_rows(batch: RolloutBatch) -> list[list[int]]:
+    rows: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(batch.group_ids.tolist()):
+        rows[g].append(i)
+    return list(rows.values())
+
+
+@torch.no_grad()
+def score_batch(
     policy: torch.nn.Module,
     ref_model: torch.nn.Module | None,
+    value_model: ValueModel | None,
     batch: RolloutBatch,
-    advantages: torch.Tensor,
+    config: TrainingConfig,
+) -> RolloutBatch:
+    """The batch with ``old_logprobs``, ``ref_logprobs`` and ``values`` filled in.
+
+    ``old_logprobs`` are the behavior log-probs when every turn has them.
+    Groups without them (replayed or demonstration data) are scored under the
+    current policy for GVPO; the PPO ratio of the other estimators needs the
+    log-probs the tokens were actually sampled with, so they refuse.
+
+    Raises:
+        ValueError: The batch has no behavior log-probs and the estimator
+            uses a PPO ratio.
+    """
+    algo, opt = config.algorithm, config.optim
+    need_old = not batch.has_behavior_logprobs
+    if need_old and algo.estimator != "gvpo":
+        raise ValueError(
+            f"estimator {algo.estimator!r} uses a PPO ratio against the log-probs the tokens "
+            "were sampled with, and these groups have none (replayed or demonstration data?). "
+            "Give every Turn its logprobs, or use estimator='gvpo', which accepts off-policy "
+            "groups."
+        )
+    device = batch.input_ids.device
+    old = batch.behavior_logprobs.clone() if not need_old else torch.zeros_like(batch.loss_mask)
+    ref = torch.zeros_like(batch.loss_mask) if ref_model is not None else None
+    values = torch.zeros_like(batch.loss_mask) if value_model is not None else None
+    if need_old or ref is not None or values is not None:
+        policy.eval()
+        shared_values = values is not None and value_model.shared
+        out = None
+        for rows in micro_batches(batch, opt.micro_batch_size, whole_groups=False):
+            micro = batch.select(rows)
+            w = micro.input_ids.shape[1]
+            ids, att = micro.input_ids, micro.attention_mask
+            with autocast(device, opt.precision):
+                if need_old or shared_values:
+                    out = forward_tokens(
+                        policy,
+                        ids,
+                        att,
+                        temperature=config.generation.temperature,
+                        hidden=shared_values,
+                    )
+                    if need_old:
+                        old[rows, :w] = out.logprobs
+                if ref is not None:
+                    ref[rows, :w] = forward_tokens(
+                        ref_model, ids, att, temperature=config.generation.temperature
+                    ).logprobs
+                if values is not None:
+                    hidden = out.hidden if out is not None and shared_values else None
+                    values[rows, :w] = value_model(ids, att, hidden).float()
+    mask = batch.loss_mask
+    return dataclasses.replace(
+        batch,
+        old_logprobs=old * mask,
+        ref_logprobs=None if ref is None else ref * mask,
+        values=values,
+    )
+
+
+def estimate(
+    batch: RolloutBatch, estimator: AdvantageEstimator, config: TrainingConfig
+) -> tuple[RolloutBatch, dict[str, float]]:
+    """Apply the KL reward penalty, run the estimator, whiten, set value targets.
+
+    Returns:
+        The batch with ``advantages`` (and ``returns`` when it has values),
+        and metrics (``train/kl_penalty`` when the KL is in the reward).
+    """
+    algo = config.algorithm
+    metrics: dict[str, float] = {}
+    if algo.kl_penalty == "reward" and algo.beta > 0 and batch.ref_logprobs is not None:
+        kl = KL_ESTIMATORS[algo.kl_estimator](batch.old_logprobs, batch.ref_logprobs)
+        kl = kl * batch.loss_mask  # (N, T)
+        penalty = algo.beta * kl
+        batch = dataclasses.replace(
+            batch,
+            token_rewards=batch.token_rewards - penalty,
+            rewards=batch.rewards - penalty.sum(-1),
+        )
+        metrics["train/kl_penalty"] = penalty.sum(-1).mean().item()
+    advantages = estimator(batch, batch.values)  # (N, T)
+    if advantages.shape != batch.loss_mask.shape:
+        raise ValueError(
+            f"the estimator returned shape {tuple(advantages.shape)}, expected "
+            f"{tuple(batch.loss_mask.shape)} (one advantage per token)"
+        )
+    advantages = advantages * batch.loss_mask
+    returns = None
+    if batch.values is not None:
+        returns = (advantages + state_values(batch.values)) * batch.loss_mask
+    whitening = algo.whiten_advantages
+    if whitening is None:
+        whitening = algo.estimator == "gae"
+    if whitening:
+        advantages = whiten(advantages, batch.loss_mask)
+    return dataclasses.replace(batch, advantages=advantages, returns=returns), metrics
+
+
+def policy_update(
+    policy: torch.nn.Module,
+    batch: RolloutBatch,
     optim: Optimization,
     config: TrainingConfig,
+    *,
+    value_model: ValueModel | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Accumulate gradients over micro-batches and take one optimizer step.
+    """Optimizer steps on a scored, estimated batch.
 
     Args:
         policy: The model being trained.
-        ref_model: Frozen reference for the KL term (None when ``beta == 0``).
-        batch: The step's trajectories.
-        advantages: Shape (N, T).
+        batch: From :func:`estimate` (``advantages`` and ``old_logprobs`` set;
+            ``ref_logprobs`` when a KL term or GVPO's reference needs them).
         optim: Optimizer, schedule and scaler.
         config: The training configuration.
+        value_model: The critic (gae).
+        seed: Seeds the shuffling of mini-batches.
 
     Returns:
-        Metrics of the step (``loss/*``, ``train/*``).
+        Metrics averaged over the optimizer steps (``loss/*``, ``train/*``).
     """
     algo, opt = config.algorithm, config.optim
-    device = next(policy.parameters()).device
-    temperature = config.generation.temperature
-    num_tokens = batch.num_tokens
-    kl_fn = KL_ESTIMATORS[algo.kl_estimator]
-    aggregate, normalizer = (
-        AGGREGATIONS[algo.loss_aggregation],
-        (num_tokens if algo.loss_aggregation == "token_mean" else len(batch)),
-    )
+    if batch.advantages is None or batch.old_logprobs is None:
+        raise ValueError("policy_update needs a batch from score_batch and estimate")
+    gvpo = algo.estimator == "gvpo"
+    generator = torch.Generator().manual_seed(seed) if algo.num_minibatches > 1 else None
+    totals: dict[str, float] = defaultdict(float)
+    norms, skipped, steps = [], 0, 0
     policy.train()
-    sums = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0, "train/clip_frac": 0.0}
+    for _ in range(algo.num_iterations):
+        for rows in minibatches(batch, algo.num_minibatches, generator):
+            mini = batch.select(rows)
+            normalizer = _normalizer(mini, config)
+            num_groups = len(_group_rows(mini))
+            for micro_rows in micro_batches(mini, opt.micro_batch_size, whole_groups=gvpo):
+                micro = mini.select(micro_rows)
+                loss, parts = _micro_loss(
+                    policy,
+                    value_model,
+                    micro,
+                    config,
+                    normalizer,
+                    num_groups,
+                    mini.num_tokens,
+                    len(mini),
+                )
+                optim.scaler.scale(loss).backward()
+                for key, value in parts.items():
+                    totals[key] += value
+            norm, was_skipped = _optimizer_step(optim, opt.max_grad_norm)
+            norms.append(norm)
+            skipped += was_skipped
+            steps += 1
+    metrics = {key: value / steps for key, value in totals.items()}
+    finite = [n for n in norms if math.isfinite(n)]
+    return metrics | {
+        "train/grad_norm": sum(finite) / len(finite) if finite else float("nan"),
+        "train/lr": optim.scheduler.get_last_lr()[0],
+        "train/num_tokens": float(batch.num_tokens),
+        "train/num_sequences": float(len(batch)),
+        "train/optimizer_steps": float(steps),
+        "train/skipped_nonfinite": float(skipped),
+        "train/advantage_abs_mean": masked_mean(batch.advantages.abs(), batch.loss_mask).item(),
+    }
 
-    for start in range(0, len(batch), opt.micro_batch_size):
-        rows = slice(start, start + opt.micro_batch_size)
-        micro = batch.select(rows)
-        micro_adv = advantages[rows, : micro.input_ids.shape[1]]  # (n, T')
-        mask = micro.loss_mask
-        with autocast(device, opt.precision):
-            logprobs = token_logprobs(
-                policy, micro.input_ids, micro.attention_mask, temperature=temperature
-            )  # (n, T')
-        old = micro.behavior_logprobs if batch.has_behavior_logprobs else logprobs.detach()
+
+def _normalizer(batch: RolloutBatch, config: TrainingConfig) -> float:
+    """What the step's aggregated losses are divided by."""
+    how = config.algorithm.loss_aggregation
+    if how == "token_mean":
+        return float(batch.num_tokens)
+    if how == "constant":
+        return float(len(batch) * constant_tokens(config))
+    return float(len(batch))
+
+
+def _micro_loss(
+    policy: torch.nn.Module,
+    value_model: ValueModel | None,
+    micro: RolloutBatch,
+    config: TrainingConfig,
+    normalizer: float,
+    num_groups: int,
+    step_tokens: int,
+    step_rows: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's share of the step loss, and its share of the metrics."""
+    algo, opt = config.algorithm, config.optim
+    aggregate = AGGREGATIONS[algo.loss_aggregation]
+    mask = micro.loss_mask
+    device = micro.input_ids.device
+    shared_values = value_model is not None and value_model.shared
+    with autocast(device, opt.precision):
+        out = forward_tokens(
+            policy,
+            micro.input_ids,
+            micro.attention_mask,
+            temperature=config.generation.temperature,
+            entropy=True,
+            entropy_grad=algo.entropy_coef > 0,
+            hidden=shared_values,
+        )
+    share = mask.sum().item() / max(step_tokens, 1)  # this micro-batch's share of the tokens
+    parts: dict[str, float] = {}
+    if algo.estimator == "gvpo":
+        assert micro.old_logprobs is not None
+        anchor = micro.ref_logprobs if algo.gvpo_reference == "reference" else micro.old_logprobs
+        if anchor is None:
+            raise ValueError("gvpo_reference='reference' needs the reference model's log-probs")
+        policy_loss, stats = gvpo_loss(
+            out.logprobs,
+            anchor,
+            mask,
+            micro.rewards,
+            micro.group_ids,
+            algo.beta,
+            num_groups=num_groups,
+        )
+        parts |= {k: v.item() * len(micro) / step_rows for k, v in stats.items()}
+        loss = policy_loss
+    else:
         per_token, stats = ppo_clip_loss(
-            logprobs,
-            old,
-            micro_adv,
+            out.logprobs,
+            micro.old_logprobs,
+            micro.advantages,
             mask,
             clip_eps_low=algo.clip_eps_low,
             clip_eps_high=algo.clip_eps_high,
         )
         policy_loss = aggregate(per_token, mask, normalizer)
         loss = policy_loss
-        if ref_model is not None and algo.beta > 0:
-            with torch.no_grad(), autocast(device, opt.precision):
-                ref_logprobs = token_logprobs(
-                    ref_model, micro.input_ids, micro.attention_mask, temperature=temperature
-                )
-            kl = kl_fn(logprobs, ref_logprobs)  # (n, T')
-            kl_loss = aggregate(kl, mask, normalizer)
-            loss = loss + algo.beta * kl_loss
-            sums["loss/kl"] += kl_loss.item()
-        optim.scaler.scale(loss).backward()
-        share = mask.sum().item()
-        # Each micro-batch loss is already divided by the whole step's normalizer.
-        sums["loss/policy"] += policy_loss.item()
-        sums["loss/total"] += loss.item()
-        sums["train/clip_frac"] += stats["clip_frac"].item() * share / max(num_tokens, 1)
+        parts["train/clip_frac"] = stats["clip_frac"].item() * share
+        parts["train/ratio_mean"] = stats["ratio_mean"].item() * share
+    parts["loss/policy"] = policy_loss.item()
 
+    if micro.ref_logprobs is not None:
+        kl = KL_ESTIMATORS[algo.kl_estimator](out.logprobs, micro.ref_logprobs)  # (n, T)
+        kl_loss = aggregate(kl, mask, normalizer)
+        parts["loss/kl"] = kl_loss.item()
+        parts["train/kl"] = masked_mean(kl.detach(), mask).item() * share
+        if algo.estimator != "gvpo" and algo.kl_penalty == "loss" and algo.beta > 0:
+            loss = loss + algo.beta * kl_loss
+
+    entropy_loss = aggregate(out.entropy, mask, normalizer)
+    parts["train/entropy"] = masked_mean(out.entropy.detach(), mask).item() * share
+    if algo.entropy_coef > 0:
+        loss = loss - algo.entropy_coef * entropy_loss
+
+    if value_model is not None:
+        assert micro.values is not None and micro.returns is not None
+        with autocast(device, opt.precision):
+            values = value_model(micro.input_ids, micro.attention_mask, out.hidden)
+        per_token_v, vstats = value_loss(
+            state_values(values.float()),
+            state_values(micro.values),
+            micro.returns,
+            mask,
+            clip=algo.value_clip,
+        )
+        v_loss = aggregate(per_token_v, mask, normalizer)
+        loss = loss + algo.value_coef * v_loss
+        parts["loss/value"] = v_loss.item()
+        parts["train/value_clip_frac"] = vstats["value_clip_frac"].item() * share
+    parts["loss/total"] = loss.item()
+    return loss, parts
+
+
+def _optimizer_step(optim: Optimization, max_grad_norm: float | None) -> tuple[float, bool]:
+    """Unscale, clip, step (unless the norm is not finite), advance the schedule."""
     optim.scaler.unscale_(optim.optimizer)
     params = [p for g in optim.optimizer.param_groups for p in g["params"]]
-    max_norm = opt.max_grad_norm if opt.max_grad_norm is not None else float("inf")
+    max_norm = max_grad_norm if max_grad_norm is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     skipped = not math.isfinite(grad_norm)
     if skipped:
@@ -163,12 +446,4 @@ def policy_update(
         optim.scaler.update()
         optim.scheduler.step()
     optim.optimizer.zero_grad(set_to_none=True)
-
-    return sums | {
-        "train/grad_norm": grad_norm,
-        "train/lr": optim.scheduler.get_last_lr()[0],
-        "train/num_tokens": float(num_tokens),
-        "train/num_sequences": float(len(batch)),
-        "train/skipped_nonfinite": float(skipped),
-        "train/advantage_abs_mean": masked_mean(advantages.abs(), batch.loss_mask).item(),
-    }
+    return grad_norm, skipped
