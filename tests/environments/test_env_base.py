@@ -60,6 +60,15 @@ async def test_default_clone_is_an_independent_deep_copy():
     assert clone.seen == ["a", "b"]
 
 
+def test_default_clone_shares_the_scenarios_and_copies_the_rest():
+    env = Counter()
+    env.scenarios = [Scenario(id=str(i)) for i in range(3)]
+    env.seen = ["a"]
+    clone = env.clone()
+    assert clone.scenarios is env.scenarios  # read-only task data: shared, not copied
+    assert clone.seen == ["a"] and clone.seen is not env.seen
+
+
 @pytest.mark.anyio
 async def test_close_default_is_a_no_op_and_scenarios_default_empty():
     env = Counter()

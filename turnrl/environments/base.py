@@ -125,13 +125,20 @@ class Environment:
         )
 
     def clone(self) -> Environment:
-        """A fresh, independent instance for one episode (default: a deep copy).
+        """A fresh, independent instance for one episode.
 
-        Override this when the environment holds something that must be shared
-        rather than copied (a model, an HTTP client) or cannot be copied at all.
-        A clone's ``reset``/``step`` must not affect the original.
+        The default is a deep copy that shares the ``scenarios`` collection
+        (read-only task data, often thousands of items: copying it for every
+        episode once cost most of a rollout's time). Override this when the
+        environment holds something else that must be shared rather than
+        copied (a model, an HTTP client) or cannot be copied at all. A clone's
+        ``reset``/``step`` must not affect the original.
         """
-        return copy.deepcopy(self)
+        memo: dict[int, Any] = {}
+        scenarios = self.__dict__.get("scenarios")
+        if scenarios is not None:
+            memo[id(scenarios)] = scenarios
+        return copy.deepcopy(self, memo)
 
     async def close(self) -> None:
         """Release per-episode resources. Called once the episode is over."""

@@ -19,7 +19,6 @@ import torch
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.training.batch import build_batch
 from turnrl.training.logprobs import token_logprobs
-from turnrl.training.losses import masked_mean
 from turnrl.training.offline import trajectory_from_messages
 from turnrl.training.update import warmup_cosine
 from turnrl.types import Message, TrajectoryGroup
@@ -37,6 +36,7 @@ def supervised_warmstart(
     seed: int = 0,
     log_every: int = 50,
     train_on: Literal["all", "last"] = "all",
+    micro_batch_size: int = 32,
 ) -> list[float]:
     """Fine-tune ``agent.model`` on the assistant turns of ``conversations``.
 
@@ -50,6 +50,8 @@ def supervised_warmstart(
         log_every: Log the loss every N steps.
         train_on: ``all`` assistant turns, or only the ``last`` one of each
             conversation (earlier turns are context, e.g. wrong attempts).
+        micro_batch_size: Conversations per forward/backward (gradients
+            accumulate over a step's micro-batches).
 
     Returns:
         The loss of every step.
@@ -74,12 +76,20 @@ def supervised_warmstart(
     rng = random.Random(seed)
     losses = []
     model.train()
+    lengths = data.attention_mask.sum(-1)  # (N,)
     for step in range(1, steps + 1):
         rows = torch.tensor([rng.randrange(len(data)) for _ in range(batch_size)])
-        batch = data.select(rows)
-        logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask)  # (n, T)
-        loss = -masked_mean(logprobs, batch.loss_mask)
-        loss.backward()
+        # Micro-batches of similar lengths compute less padding; the loss is the
+        # mean over the whole step's tokens, so the split does not change it.
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        num_tokens = data.loss_mask[rows].sum().clamp(min=1)
+        loss = torch.zeros(())
+        for chunk in rows.split(micro_batch_size):
+            batch = data.select(chunk)
+            logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask)  # (n, T)
+            part = -(logprobs * batch.loss_mask).sum() / num_tokens
+            part.backward()
+            loss += part.detach()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

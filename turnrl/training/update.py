@@ -117,12 +117,18 @@ def constant_tokens(config: TrainingConfig) -> int:
 
 
 def micro_batches(batch: RolloutBatch, size: int, *, whole_groups: bool) -> list[torch.Tensor]:
-    """Row indices of each micro-batch: ``size`` rows, or whole groups up to ``size`` rows."""
-    rows = torch.arange(len(batch))
+    """Row indices of each micro-batch: ``size`` rows, or whole groups up to ``size`` rows.
+
+    Rows (or groups) are taken in order of length, so each micro-batch holds
+    sequences of similar length and little padding is computed (the losses
+    are normalized per step, so the order does not change the update).
+    """
+    lengths = batch.attention_mask.sum(-1)  # (N,)
     if not whole_groups:
-        return list(rows.split(size))
+        return list(torch.argsort(lengths, stable=True).split(size))
+    groups = sorted(_group_rows(batch), key=lambda rows: int(lengths[rows].max()))
     out, current = [], []
-    for group in _group_rows(batch):
+    for group in groups:
         if current and len(current) + len(group) > size:
             out.append(torch.tensor(current))
             current = []
