@@ -64,6 +64,9 @@ async def test_seeded_run_improves_reward_and_writes_run_dir(tiny_path, tmp_path
         "train/grad_norm",
         "train/lr",
         "perf/step_s",
+        "perf/peak_rss_mb",
+        "train/entropy",
+        "train/kl",
         "perf/gen_tokens_per_s",
         "rollout/frac_zero_std",
     ):
@@ -147,3 +150,46 @@ def test_estimator_resolution(tiny_agent, tmp_path):
     gae = Trainer(tiny_agent, env, None, config(tmp_path, algorithm={"estimator": "gae"}))
     assert gae.value_model is not None and gae.value_model.shared
     assert len(gae.optim.optimizer.param_groups) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("estimator", ["rloo", "gae", "gvpo"])
+async def test_each_estimator_runs_a_training_step(tiny_agent, tmp_path, estimator):
+    algorithm = {"estimator": estimator, "num_iterations": 2, "num_minibatches": 2}
+    if estimator == "gvpo":
+        algorithm["beta"] = 0.5
+    trainer = Trainer(
+        tiny_agent,
+        ArithmeticEnvironment(make_scenarios(n=4)),
+        [regex_format(r"\d+")],
+        config(tmp_path, algorithm=algorithm, run={"max_steps": 1}),
+    )
+    head = trainer.value_model.head.weight.detach().clone() if trainer.value_model else None
+    metrics = await trainer.step()
+    assert metrics["train/optimizer_steps"] == 4.0
+    assert metrics["train/skipped_nonfinite"] == 0.0
+    if estimator == "gae":
+        assert "loss/value" in metrics
+        assert not torch.equal(head, trainer.value_model.head.weight)
+        trainer.save(tmp_path / "saved")
+        assert (tmp_path / "saved" / "value_model.safetensors").exists()
+    if estimator == "gvpo":
+        assert "gvpo/weight_abs_mean" in metrics
+
+
+@pytest.mark.anyio
+async def test_tied_groups_can_be_skipped(tiny_agent, tmp_path):
+    @reward_function
+    def constant(trajectory):
+        return 1.0
+
+    trainer = Trainer(
+        tiny_agent,
+        ArithmeticEnvironment(make_scenarios(n=4), attempt_rewards=(0.0, 0.0, 0.0)),
+        {constant: 1.0},
+        config(tmp_path, algorithm={"skip_tied_groups": True}),
+    )
+    metrics = await trainer.step()
+    # Every group ties (all rewards 1.0): counted, and no update happens.
+    assert metrics["rollout/frac_zero_std"] == 1.0
+    assert "train/grad_norm" not in metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import random
+import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -180,7 +181,7 @@ class Trainer:
             "perf/generated_tokens": float(generated),
             "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
             "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
-        }
+        } | peak_memory(self.device)
 
     def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
         """Score, estimate and update on ``groups``."""
@@ -272,6 +273,14 @@ class Trainer:
             dir=str(self.run_dir),
             config=self.config.model_dump(),
         )
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """``perf/peak_rss_mb`` of this process so far and, on CUDA, ``perf/max_allocated_mb``."""
+    out = {"perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["perf/max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 def seed_everything(seed: int) -> None:
