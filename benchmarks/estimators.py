@@ -11,7 +11,7 @@ Markdown table for RESULTS.md.
 Example (what RESULTS.md reports):
 
     pip install -e ".[bench]"
-    python benchmarks/estimators.py --steps 20 --seeds 0 1 2
+    python benchmarks/estimators.py --steps 40 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ async def run_one(start: Path, name: str, seed: int, args: argparse.Namespace) -
     config = TrainingConfig.from_profile(
         "balanced",
         algorithm=algorithm,
-        optim={"lr": args.lr, "micro_batch_size": 64, "warmup_steps": 5},
+        optim={"lr": args.lr, "micro_batch_size": 32, "warmup_steps": args.warmup},
         generation={"max_new_tokens": 6},
         rollout={"scenarios_per_step": args.scenarios_per_step, "num_generations": 8},
         eval={"every": args.eval_every, "num_generations": args.eval_generations},
@@ -180,8 +180,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATOR_SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--scenarios-per-step", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-generations", type=int, default=2)

@@ -91,3 +91,32 @@ def test_sampling_params_validated():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
+
+
+@pytest.mark.anyio
+async def test_sampling_follows_the_full_distribution(tiny_agent):
+    """Samples come from softmax(logits / T) over the whole vocabulary: no hidden top-k.
+
+    The untrained model spreads its mass over all 103 tokens, so a top-k of 50
+    (transformers' default when top_k is unset) would leave a large gap.
+    """
+    engine = tiny_agent.engine
+    prompt = tiny_agent.encode([user("What is 2+3?")])
+    params = SamplingParams(max_new_tokens=1, temperature=1.0)
+    torch.manual_seed(0)
+    counts = torch.zeros(len(tiny_agent.tokenizer))
+
+    async def one():
+        completion = await engine.generate(prompt, params)
+        counts[completion.token_ids[0]] += 1
+
+    for _ in range(16):
+        async with anyio.create_task_group() as tg:
+            for _ in range(500):
+                tg.start_soon(one)
+    with torch.no_grad():
+        logits = tiny_agent.model(torch.tensor([prompt])).logits[0, -1]
+    expected = torch.softmax(logits.float(), -1)
+    total_variation = 0.5 * (counts / counts.sum() - expected).abs().sum().item()
+    # 8000 samples over 103 tokens: sampling noise alone gives a TV of about 0.045.
+    assert total_variation < 0.08, total_variation

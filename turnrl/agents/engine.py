@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import torch
+from torch.profiler import record_function
 from transformers import GenerationConfig, PreTrainedModel
 
 from turnrl.types import FinishReason
@@ -202,7 +203,7 @@ class GenerationEngine:
             do_sample=not greedy,
             temperature=None if greedy else params.temperature,
             top_p=None if greedy else params.top_p,
-            top_k=None,
+            top_k=0,  # None would let transformers apply its default top-k of 50
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=True,
@@ -211,11 +212,12 @@ class GenerationEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=config,
-            )
+            with record_function("turnrl/generate"):
+                out = self.model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                )
         finally:
             self.model.train(was_training)
         new_tokens = out.sequences[:, width:].cpu()  # (B, S)

@@ -36,7 +36,7 @@ def supervised_warmstart(
     seed: int = 0,
     log_every: int = 50,
     train_on: Literal["all", "last"] = "all",
-    micro_batch_size: int = 32,
+    micro_batch_size: int = 16,
 ) -> list[float]:
     """Fine-tune ``agent.model`` on the assistant turns of ``conversations``.
 

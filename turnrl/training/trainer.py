@@ -174,14 +174,18 @@ class Trainer:
             log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
         t2 = time.perf_counter()
         generated = self._generated_tokens() - tokens0
-        return metrics | {
-            "perf/rollout_s": t1 - t0,
-            "perf/update_s": t2 - t1,
-            "perf/step_s": t2 - t0,
-            "perf/generated_tokens": float(generated),
-            "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
-            "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
-        } | peak_memory(self.device)
+        return (
+            metrics
+            | {
+                "perf/rollout_s": t1 - t0,
+                "perf/update_s": t2 - t1,
+                "perf/step_s": t2 - t0,
+                "perf/generated_tokens": float(generated),
+                "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
+                "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
+            }
+            | peak_memory(self.device)
+        )
 
     def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
         """Score, estimate and update on ``groups``."""

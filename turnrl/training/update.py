@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from turnrl.training.advantages import AdvantageEstimator, whiten
 from turnrl.training.batch import RolloutBatch
@@ -214,9 +215,10 @@ def score_batch(
                     if need_old:
                         old[rows, :w] = out.logprobs
                 if ref is not None:
-                    ref[rows, :w] = forward_tokens(
-                        ref_model, ids, att, temperature=config.generation.temperature
-                    ).logprobs
+                    with record_function("turnrl/ref_forward"):
+                        ref[rows, :w] = forward_tokens(
+                            ref_model, ids, att, temperature=config.generation.temperature
+                        ).logprobs
                 if values is not None:
                     hidden = out.hidden if out is not None and shared_values else None
                     values[rows, :w] = value_model(ids, att, hidden).float()
@@ -316,10 +318,12 @@ def policy_update(
                     mini.num_tokens,
                     len(mini),
                 )
-                optim.scaler.scale(loss).backward()
+                with record_function("turnrl/backward"):
+                    optim.scaler.scale(loss).backward()
                 for key, value in parts.items():
                     totals[key] += value
-            norm, was_skipped = _optimizer_step(optim, opt.max_grad_norm)
+            with record_function("turnrl/optimizer_step"):
+                norm, was_skipped = _optimizer_step(optim, opt.max_grad_norm)
             norms.append(norm)
             skipped += was_skipped
             steps += 1
@@ -362,7 +366,7 @@ def _micro_loss(
     mask = micro.loss_mask
     device = micro.input_ids.device
     shared_values = value_model is not None and value_model.shared
-    with autocast(device, opt.precision):
+    with autocast(device, opt.precision), record_function("turnrl/policy_forward"):
         out = forward_tokens(
             policy,
             micro.input_ids,

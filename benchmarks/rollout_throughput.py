@@ -1,0 +1,173 @@
+"""Rollout throughput: naive vs turnrl's batched rollouts vs one big generate (issue 4).
+
+Three-turn arithmetic episodes on a ~10M-parameter model built like the
+embedded one (``build_tiny_model("10m")``: untrained, so its answers are wrong
+and every episode takes all three turns), at several concurrency levels.
+Generated tokens per second for:
+
+- **naive**: one episode at a time, one ``generate`` call per turn;
+- **turnrl**: the Trainer's own rollout path (``Trainer.collect_groups``: all
+  episodes concurrent, requests merged by the GenerationEngine);
+- **limit**: one padded ``generate`` call over all first-turn prompts with the
+  same sampling settings (no environment, no later turns).
+
+The three run alternately, ``--repeats`` times, and the medians are reported
+with the ratios turnrl/naive and turnrl/limit.
+
+    python benchmarks/rollout_throughput.py --episodes 8 32 128 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import GenerationConfig
+
+from turnrl.agents.tiny import build_tiny_model, build_tiny_tokenizer
+from turnrl.agents.transformers import TransformersAgent
+from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
+from turnrl.training.config import TrainingConfig
+from turnrl.training.trainer import Trainer
+from turnrl.types import Message
+
+GROUP = 8
+
+
+def sampling_config(agent: TransformersAgent, max_new_tokens: int) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=None,
+        eos_token_id=agent.eos_token_ids,
+        pad_token_id=agent.tokenizer.pad_token_id,
+    )
+
+
+@torch.no_grad()
+def naive(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
+    """One episode at a time, one generate call per turn. Returns generated tokens."""
+    config = sampling_config(agent, max_new_tokens)
+    tokens = 0
+
+    async def episode(scenario):
+        nonlocal tokens
+        env = ArithmeticEnvironment([scenario])
+        conversation, _ = await env.reset(options={"scenario": scenario})
+        conversation = list(conversation)
+        while True:
+            ids = torch.tensor([agent.encode(conversation)])
+            out = agent.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
+            )
+            new = out[0, ids.shape[1] :].tolist()
+            tokens += len(new)
+            if new and new[-1] in agent.eos_token_ids:
+                new = new[:-1]
+            message = Message(role="assistant", content=agent.tokenizer.decode(new))
+            conversation.append(message)
+            result = await env.step(message)
+            conversation.extend(result.observation)
+            if result.terminated or result.truncated:
+                return
+
+    async def run_all():
+        for scenario in scenarios:
+            await episode(scenario)
+
+    asyncio.run(run_all())
+    return tokens
+
+
+def turnrl_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
+    """The Trainer's rollout path. Returns generated tokens."""
+    config = TrainingConfig.from_profile(
+        "balanced",
+        generation={"max_new_tokens": max_new_tokens},
+        rollout={"scenarios_per_step": len(scenarios) // GROUP, "num_generations": GROUP},
+        run={"output_dir": tempfile.mkdtemp(prefix="turnrl-bench-")},
+        algorithm={"beta": 0.0},
+    )
+    trainer = Trainer(agent, ArithmeticEnvironment(scenarios), None, config)
+    groups = asyncio.run(trainer.collect_groups())
+    return sum(len(t.completion_ids) for g in groups for tr in g.ok for t in tr.turns)
+
+
+@torch.no_grad()
+def limit(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
+    """One left-padded generate over all first-turn prompts. Returns generated tokens."""
+    prompts = [agent.encode(s.prompt) for s in scenarios]
+    width = max(map(len, prompts))
+    pad = agent.tokenizer.pad_token_id
+    ids = torch.full((len(prompts), width), pad)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    out = agent.model.generate(
+        input_ids=ids, attention_mask=mask, generation_config=sampling_config(agent, max_new_tokens)
+    )
+    new = out[:, width:]
+    # Count up to and including each row's first eos, as the engine does.
+    eos = torch.isin(new, torch.tensor(agent.eos_token_ids))
+    lengths = torch.where(eos.any(-1), eos.int().argmax(-1) + 1, new.shape[1])
+    return int(lengths.sum())
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    agent = TransformersAgent(build_tiny_model(args.size, seed=0), build_tiny_tokenizer())
+    n_params = sum(p.numel() for p in agent.model.parameters())
+    print(f"model: tiny '{args.size}', {n_params / 1e6:.1f}M parameters; threads {args.threads}")
+    results = {}
+    for n in args.episodes:
+        scenarios = make_scenarios(n=n // GROUP, seed=1)
+        episodes = [s for s in scenarios for _ in range(GROUP)]
+        timings: dict[str, list[float]] = {"naive": [], "turnrl": [], "limit": []}
+        for _ in range(args.repeats):
+            for name, fn, data in (
+                ("naive", naive, episodes),
+                ("turnrl", turnrl_rollout, scenarios),
+                ("limit", limit, episodes),
+            ):
+                if name == "naive" and n > args.naive_max:
+                    continue
+                start = time.perf_counter()
+                tokens = fn(agent, data, args.max_new_tokens)
+                timings[name].append(tokens / (time.perf_counter() - start))
+        med = {k: statistics.median(v) for k, v in timings.items() if v}
+        row = {f"{k}_tok_s": round(v, 1) for k, v in med.items()}
+        if "naive" in med:
+            row["turnrl_over_naive"] = round(med["turnrl"] / med["naive"], 2)
+        row["turnrl_over_limit"] = round(med["turnrl"] / med["limit"], 2)
+        results[n] = row
+        print(json.dumps({"episodes": n, **row}))
+    print()
+    print(
+        "| episodes | naive tok/s | turnrl tok/s | limit tok/s | turnrl / naive | turnrl / limit |"
+    )
+    print("|---|---|---|---|---|---|")
+    for n, r in results.items():
+        print(
+            f"| {n} | {r.get('naive_tok_s', '-')} | {r['turnrl_tok_s']} | {r['limit_tok_s']} | "
+            f"{r.get('turnrl_over_naive', '-')} | {r['turnrl_over_limit']} |"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", nargs="+", type=int, default=[8, 32, 128])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--size", default="10m")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--naive-max", type=int, default=128, help="skip naive above this")
+    main(parser.parse_args())
