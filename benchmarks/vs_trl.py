@@ -36,7 +36,7 @@ clipping at 1.0, ``beta=0.04`` (both load a frozen reference model; k3 KL estima
 added to the per-token loss), PPO clip 0.2 on both sides, one pass per batch
 (``num_iterations=1``), advantages normalized by the group's reward std, per-token
 losses averaged over all completion tokens of the step (turnrl ``token_mean`` = TRL
-``loss_type="dapo"``), temperature 1.0, top-p 1.0, top-k 50 (see below), fp32, seed 0,
+``loss_type="dapo"``), temperature 1.0, top-p 1.0, no top-k, fp32, seed 0,
 no evaluation, no checkpoint.
 
 What had to differ, and why:
@@ -55,12 +55,9 @@ What had to differ, and why:
   ``balanced`` profile decays the lr by a cosine to ``min_lr_ratio=0.1`` of the peak,
   which is TRL's ``lr_scheduler_type="cosine_with_min_lr"`` with ``min_lr_rate=0.1``
   (the same formula, stepped once per optimizer step).
-- **Top-k.** turnrl's engine builds its ``GenerationConfig`` with ``top_k=None``, and
-  transformers 5 fills an unset ``top_k`` with its global default, 50: turnrl samples
-  from the top 50 of the 103 tokens (the untrained model ranks EOS ~96th, so turnrl
-  never stops early, and always generates 6 tokens). TRL's default ``top_k=0`` disables
-  top-k, so TRL gets ``top_k=50`` (``--trl-top-k``) to sample the same way. If turnrl's
-  engine comes to disable top-k, pass ``--trl-top-k 0``.
+- **Top-k.** Neither side uses top-k (TRL's ``top_k=0``; turnrl's engine sets ``top_k=0``
+  explicitly, since transformers 5 fills an unset ``top_k`` with 50). ``--trl-top-k``
+  exists to reproduce the first measurements, when turnrl still sampled with top-k 50.
 - **TRL defaults turned off** to match turnrl: ``gradient_checkpointing`` (TRL's default
   is on), ``bf16`` (TRL's default is on where supported), ``use_cpu=True``.
 - **Which prompts.** Both draw from the same 1,000 questions, but each framework
@@ -406,8 +403,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trl-top-k",
         type=int,
-        default=50,
-        help="TRL's top_k (50 = what turnrl's engine gets from transformers; 0 disables)",
+        default=0,
+        help="TRL's top_k (0: none, like turnrl's engine; 50 reproduces the old engine)",
     )
     parser.add_argument(
         "--omp-wait-policy",
