@@ -131,7 +131,8 @@ def run_turnrl(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
 
     group_size = args.prompts * args.num_generations
     agent = turnrl.TransformersAgent.from_pretrained(
-        tiny_model_path(), sampling=turnrl.SamplingParams(max_new_tokens=args.max_new_tokens)
+        args.model or tiny_model_path(),
+        sampling=turnrl.SamplingParams(max_new_tokens=args.max_new_tokens),
     )
     env = ArithmeticEnvironment(_scenarios(), max_attempts=1)
     config = turnrl.TrainingConfig.from_profile(
@@ -273,7 +274,7 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]]:
     )
     timer = StepTimer()
     trainer = GRPOTrainer(
-        model=str(tiny_model_path()),
+        model=str(args.model or tiny_model_path()),
         reward_funcs=correct_answer,
         args=config,
         train_dataset=dataset,
@@ -393,6 +394,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line settings (the ``--child`` / ``--result`` pair is internal)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="turnrl/TRL run pairs")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="local model directory to start from (default: the embedded tiny model); "
+        "e.g. the demo's warm-started model, so that rewards are not all zero",
+    )
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--num-generations", type=int, default=8, help="completions per prompt")
@@ -438,6 +445,7 @@ def main() -> None:
         f"--beta={args.beta}",
         f"--threads={args.threads}",
         f"--trl-top-k={args.trl_top_k}",
+        *([f"--model={args.model}"] if args.model else []),
     ]
     load = os.getloadavg()
     runs = []
