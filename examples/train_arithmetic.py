@@ -4,7 +4,7 @@ Phase 1 warm-starts the random model on demonstrations; phase 2 runs GRPO on
 "What is a+b?" where a wrong answer earns "Wrong. Try again." and another try.
 Held-out questions (in no demonstration and no RL scenario) measure progress.
 
-Run:  python examples/train_arithmetic.py [--steps 50] [--warmstart-steps 260]
+Run:  python examples/train_arithmetic.py [--steps 120] [--warmstart-steps 260]
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
     # model trained from scratch wants a larger one.
     config = turnrl.TrainingConfig.from_profile(
         "balanced",
-        optim={"lr": 1e-4, "micro_batch_size": 64},
+        optim={"lr": 2e-4, "micro_batch_size": 32, "warmup_steps": 10},
         algorithm={"beta": 0.04, "loss_aggregation": "seq_mean_token_mean"},
         generation={"max_new_tokens": 6},
         rollout={"scenarios_per_step": 16, "num_generations": 8},
-        eval={"every": 10, "num_generations": 2},
+        eval={"every": 20, "num_generations": 4},
         run={"max_steps": steps, "output_dir": output_dir},
     )
     trainer = turnrl.Trainer(
@@ -51,7 +51,7 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmstart-steps", type=int, default=260)
     parser.add_argument("--output", default="runs/arithmetic")
     args = parser.parse_args()

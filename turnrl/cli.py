@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on the arithmetic task, and print the held-out reward before and after RL.",
     )
     demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.add_argument("--steps", type=int, default=30, help="RL steps (default: 30)")
+    demo.add_argument("--steps", type=int, default=120, help="RL steps (default: 120)")
     demo.add_argument(
         "--warmstart-steps", type=int, default=260, help="supervised steps (default: 260)"
     )

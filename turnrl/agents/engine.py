@@ -17,7 +17,11 @@ therefore queues requests and runs them together:
 - Log-probabilities are those of the sampled tokens under the model's
   temperature-scaled distribution, without top-p or top-k truncation: the
   same quantity the training forward pass computes (see
-  ``turnrl.training.logprobs``), so the PPO ratio starts at 1.
+  ``turnrl.training.logprobs``), so the PPO ratio starts at 1. They are
+  gathered step by step by a logits processor that keeps one step's
+  log-softmax at a time, instead of asking ``generate`` for every step's
+  logits (``output_logits``), which for a 150k-token vocabulary would hold
+  ``batch x new tokens x 150k`` floats.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 import anyio
 import torch
 from torch.profiler import record_function
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from turnrl.types import FinishReason
 
@@ -206,9 +210,8 @@ class GenerationEngine:
             top_k=0,  # None would let transformers apply its default top-k of 50
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
         )
+        recorder = _LogprobRecorder(1.0 if greedy else params.temperature)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -217,15 +220,13 @@ class GenerationEngine:
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
                     generation_config=config,
+                    logits_processor=LogitsProcessorList([recorder]),
                 )
         finally:
             self.model.train(was_training)
-        new_tokens = out.sequences[:, width:].cpu()  # (B, S)
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, S, V), unprocessed
-        if not greedy:
-            logits = logits / params.temperature
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1))
-        logprobs = logprobs.squeeze(-1)  # (B, S)
+        new_tokens = out[:, width:]  # (B, S)
+        logprobs = recorder.finish(new_tokens).cpu()  # (B, S)
+        new_tokens = new_tokens.cpu()
 
         eos = torch.isin(new_tokens, torch.tensor(self.eos_token_ids))  # (B, S)
         completions = []
@@ -246,3 +247,35 @@ class GenerationEngine:
         self.stats.batch_sizes.append(len(batch))
         self.stats.generated_tokens += sum(len(c.token_ids) for c in completions)
         return completions
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records the log-prob of each sampled token, keeping one step's distribution.
+
+    ``generate`` runs user processors before its temperature and top-p
+    warpers, so ``scores`` here are the model's raw logits. At step ``t`` the
+    token sampled at step ``t - 1`` is the last column of ``input_ids``; its
+    log-prob is gathered from the stored distribution of step ``t - 1``, and
+    step ``t``'s distribution replaces it. :meth:`finish` gathers the last
+    step's token.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
+        self.picked: list[torch.Tensor] = []  # (B,) per finished step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self.picked.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """Log-probs of ``new_tokens`` (B, S), the tokens generated after the prompt."""
+        if self.previous is not None and len(self.picked) < new_tokens.shape[1]:
+            last = new_tokens[:, len(self.picked) : len(self.picked) + 1]
+            self.picked.append(self.previous.gather(-1, last.to(self.previous.device)).squeeze(-1))
+        if not self.picked:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32)
+        return torch.stack(self.picked, dim=1)[:, : new_tokens.shape[1]]  # (B, S)
