@@ -9,7 +9,7 @@ given on the command line, and prints the held-out reward before RL, every
 Example (the demo's defaults):
 
     python benchmarks/demo_calibration.py --warmstart-steps 260 --retry-fraction 0.5 \
-        --steps 50 --lr 1e-4 --beta 0.04 --aggregation seq_mean_token_mean
+        --steps 120 --lr 2e-4 --warmup 10 --beta 0.04 --aggregation seq_mean_token_mean
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ async def main(args: argparse.Namespace) -> dict:
     agent = TransformersAgent.from_pretrained(start)
     config = TrainingConfig.from_profile(
         "balanced",
-        optim={"lr": args.lr, "micro_batch_size": 64, "warmup_steps": 0},
+        optim={"lr": args.lr, "micro_batch_size": 32, "warmup_steps": args.warmup},
         generation={"max_new_tokens": 6},
         rollout={"scenarios_per_step": args.scenarios_per_step, "num_generations": 8},
-        eval={"every": args.eval_every, "num_generations": 2},
+        eval={"every": args.eval_every, "num_generations": args.eval_generations},
         algorithm={"beta": args.beta, "loss_aggregation": args.aggregation},
         run={"max_steps": args.steps, "output_dir": args.output},
     )
@@ -67,12 +67,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmstart-steps", type=int, default=260)
     parser.add_argument("--retry-fraction", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--aggregation", default="seq_mean_token_mean")
     parser.add_argument("--scenarios-per-step", type=int, default=16)
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--eval-generations", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default="runs/calibration-cache")
     parser.add_argument("--output", default="runs/calibration")

@@ -94,6 +94,7 @@ def scale_advantages(
     group_ids: torch.Tensor,
     how: str,
     eps: float = 1e-4,
+    batch_std: float | None = None,
 ) -> torch.Tensor:
     """Divide centered rewards by the group std, the batch std, or nothing.
 
@@ -103,18 +104,26 @@ def scale_advantages(
         group_ids: Shape (N,).
         how: ``group`` | ``batch`` | ``none``.
         eps: Added to the std before dividing.
+        batch_std: The batch std to use for ``batch`` (when the batch is spread
+            over processes); default: the std of ``rewards``.
     """
     if how == "group":
         return centered / (group_std(rewards, group_ids) + eps)
     if how == "batch":
-        return centered / (rewards.std() + eps)
+        std = rewards.std() if batch_std is None else batch_std
+        return centered / (std + eps)
     if how == "none":
         return centered
     raise ValueError(f"unknown scale_rewards {how!r}; choose group, batch or none")
 
 
 def grpo_advantages(
-    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "group", eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    scale: str = "group",
+    eps: float = 1e-4,
+    batch_std: float | None = None,
 ) -> torch.Tensor:
     """Group-relative advantage per trajectory.
 
@@ -133,7 +142,12 @@ def grpo_advantages(
 
 
 def rloo_advantages(
-    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: str = "none", eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    scale: str = "none",
+    eps: float = 1e-4,
+    batch_std: float | None = None,
 ) -> torch.Tensor:
     """Leave-one-out advantage per trajectory: ``R_i - mean of the group's other rewards``.
 
@@ -153,7 +167,7 @@ def rloo_advantages(
     if bool((sizes < 2).any()):
         raise ValueError("rloo needs at least two trajectories per group (rollout.min_group_size)")
     others = (_group_sum(rewards, group_ids)[group_ids] - rewards) / (sizes - 1)
-    return scale_advantages(rewards - others, rewards, group_ids, scale, eps)
+    return scale_advantages(rewards - others, rewards, group_ids, scale, eps, batch_std)
 
 
 def per_token(sequence_advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -161,11 +175,23 @@ def per_token(sequence_advantages: torch.Tensor, loss_mask: torch.Tensor) -> tor
     return sequence_advantages[:, None] * loss_mask
 
 
-def whiten(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shift and scale advantages to mean 0, std 1 over the masked tokens. Shape (N, T)."""
-    count = mask.sum().clamp(min=1)
-    mean = (advantages * mask).sum() / count
-    var = (((advantages - mean) * mask) ** 2).sum() / count
+def whiten(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float = 1e-8,
+    moments: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Shift and scale advantages to mean 0, std 1 over the masked tokens. Shape (N, T).
+
+    ``moments`` = ``(mean, variance)`` to use instead of this batch's (when the
+    batch is spread over processes).
+    """
+    if moments is None:
+        count = mask.sum().clamp(min=1)
+        mean = (advantages * mask).sum() / count
+        var = (((advantages - mean) * mask) ** 2).sum() / count
+    else:
+        mean, var = (torch.tensor(m, dtype=advantages.dtype) for m in moments)
     return (advantages - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -232,7 +258,9 @@ def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
 
     def grpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "group"
-        advantages = grpo_advantages(batch.rewards, batch.group_ids, scale=how)
+        advantages = grpo_advantages(
+            batch.rewards, batch.group_ids, scale=how, batch_std=batch.reward_std
+        )
         return per_token(advantages, batch.loss_mask)
 
     return grpo
@@ -243,7 +271,9 @@ def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
 
     def rloo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "none"
-        advantages = rloo_advantages(batch.rewards, batch.group_ids, scale=how)
+        advantages = rloo_advantages(
+            batch.rewards, batch.group_ids, scale=how, batch_std=batch.reward_std
+        )
         return per_token(advantages, batch.loss_mask)
 
     return rloo

@@ -51,6 +51,8 @@ class RolloutBatch:
             Shape (N, T).
         advantages: The estimator's output. Shape (N, T).
         returns: Value targets (gae). Shape (N, T).
+        reward_std: The std of the rewards of the whole step when it spans
+            several processes (for ``scale_rewards="batch"``); None: this batch's.
     """
 
     input_ids: torch.Tensor
@@ -68,6 +70,7 @@ class RolloutBatch:
     values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    reward_std: float | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

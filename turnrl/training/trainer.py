@@ -31,6 +31,14 @@ from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
 from turnrl.training.batch import build_batch
 from turnrl.training.config import AlgorithmConfig, TrainingConfig
+from turnrl.training.distributed import (
+    all_agree,
+    context_from_env,
+    init_process_group,
+    mean_metrics,
+    shard,
+    shutdown,
+)
 from turnrl.training.rollout import collect, rollout_metrics
 from turnrl.training.update import estimate, make_optimization, policy_update, score_batch
 from turnrl.training.value import ValueModel
@@ -74,9 +82,16 @@ class Trainer:
     ) -> None:
         ensure_logging()
         self.config = config or TrainingConfig.from_profile("balanced")
+        self.dist = context_from_env()
+        self._owns_group = self.dist.enabled and not torch.distributed.is_initialized()
+        device = init_process_group(self.dist)
         self.agent = agent
         self.policy = agent.model
+        if self.dist.enabled and device.type == "cuda":
+            self.policy.to(device)
         self.device = next(self.policy.parameters()).device
+        if self.dist.enabled:
+            shard(range(self.config.rollout.scenarios_per_step), self.dist)  # B % world == 0
         self.scenarios = list(scenarios if scenarios is not None else getattr(env, "scenarios", ()))
         if not self.scenarios:
             raise ValueError(
@@ -98,20 +113,30 @@ class Trainer:
                 "own loss, so set config.algorithm.estimator to another kind (e.g. 'grpo')"
             )
         self.estimator = estimator or resolve_estimator(algo.estimator)(algo)
-        self.ref_model = None
-        if algo.uses_reference:
-            self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.value_model = None
         if algo.estimator == "gae" and estimator is None:
             self.value_model = ValueModel(self.policy, separate=algo.critic == "separate")
+        # DDP broadcasts rank 0's weights when it wraps a module, so the reference
+        # copy is taken afterwards: every rank holds the same one.
+        self.wrapped = (self.policy, self.value_model)
+        if self.dist.enabled:
+            self.wrapped = (_ddp(self.policy, device), _ddp(self.value_model, device))
+        self.ref_model = None
+        if algo.uses_reference:
+            self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optim = make_optimization(self.policy, self.config, self.value_model)
         gen = self.config.generation
         self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
         agent.engine.max_batch_size = gen.max_batch_size
         self.run_dir = Path(self.config.run.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.run_dir / "config.json")
-        self.metrics = MetricsLogger(self.run_dir, wandb_run=self._init_wandb())
+        if self.dist.is_main:  # only rank 0 writes
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / "config.json")
+            self.metrics: MetricsLogger | _NoMetrics = MetricsLogger(
+                self.run_dir, wandb_run=self._init_wandb()
+            )
+        else:
+            self.metrics = _NoMetrics()
         self.step_count = 0
         self._order: list[int] = []
         self._rng = random.Random(self.config.run.seed)
@@ -123,7 +148,15 @@ class Trainer:
             ``eval_before``, ``eval_after`` (mean held-out reward, or None
             without eval scenarios), ``steps`` and ``wall_s``.
         """
-        seed_everything(self.config.run.seed)
+        # Ranks sample differently; the scenario order (self._rng) is shared.
+        seed_everything(self.config.run.seed + self.dist.rank)
+        try:
+            return await self._train()
+        finally:
+            if self._owns_group:
+                shutdown()
+
+    async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
         eval_before = eval_after = None
         if self.eval_scenarios:
@@ -147,7 +180,8 @@ class Trainer:
             "steps": self.step_count,
             "wall_s": time.perf_counter() - started,
         }
-        log.info("train_done", **summary, run_dir=str(self.run_dir))
+        if self.dist.is_main:
+            log.info("train_done", **summary, run_dir=str(self.run_dir))
         return summary
 
     async def step(self, groups: Sequence[TrajectoryGroup] | None = None) -> dict[str, Any]:
@@ -168,13 +202,14 @@ class Trainer:
             kept = [g for g in kept if not _tied(g)]
             metrics["rollout/groups_skipped_tied"] = metrics["rollout/frac_zero_std"]
         self.step_count += 1
-        if kept:
+        # Every rank must take part in the update's collectives, or none.
+        if all_agree(bool(kept), self.dist):
             metrics |= self._update(kept)
         else:
             log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
         t2 = time.perf_counter()
         generated = self._generated_tokens() - tokens0
-        return (
+        metrics = (
             metrics
             | {
                 "perf/rollout_s": t1 - t0,
@@ -186,6 +221,7 @@ class Trainer:
             }
             | peak_memory(self.device)
         )
+        return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
 
     def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
         """Score, estimate and update on ``groups``."""
@@ -193,7 +229,7 @@ class Trainer:
             groups, pad_token_id=self.agent.tokenizer.pad_token_id, device=self.device
         )
         batch = score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
-        batch, metrics = estimate(batch, self.estimator, self.config)
+        batch, metrics = estimate(batch, self.estimator, self.config, self.dist)
         return metrics | policy_update(
             self.policy,
             batch,
@@ -201,6 +237,8 @@ class Trainer:
             self.config,
             value_model=self.value_model,
             seed=self.config.run.seed * 1_000_003 + self.step_count,
+            ctx=self.dist,
+            wrapped=self.wrapped,
         )
 
     async def collect_groups(self) -> list[TrajectoryGroup]:
@@ -218,10 +256,16 @@ class Trainer:
     async def evaluate(
         self, scenarios: Sequence[Scenario] | None = None, *, save_samples: bool = True
     ) -> dict[str, float]:
-        """Mean reward on held-out scenarios (``eval/*`` metrics)."""
+        """Mean reward on held-out scenarios (``eval/*`` metrics).
+
+        With several processes each rank plays its share of the scenarios and
+        the metrics are averaged over all episodes; ``eval_samples.jsonl``
+        holds rank 0's share.
+        """
         scenarios = list(scenarios if scenarios is not None else self.eval_scenarios)
         if not scenarios:
             raise ValueError("no evaluation scenarios")
+        scenarios = scenarios[self.dist.rank :: self.dist.world_size]
         ev = self.config.eval
         greedy = ev.temperature == 0
         sampling = SamplingParams(
@@ -237,13 +281,19 @@ class Trainer:
             sampling=sampling,
         )
         await score_groups(groups, self.rewards)
-        if save_samples:
+        if save_samples and self.dist.is_main:
             save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
-        return rollout_metrics(groups, prefix="eval")
+        metrics = rollout_metrics(groups, prefix="eval")
+        return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
 
     def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``."""
+        """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
+
+        With several processes only rank 0 writes.
+        """
         path = Path(path)
+        if not self.dist.is_main:
+            return path
         self.policy.save_pretrained(path)
         self.agent.tokenizer.save_pretrained(path)
         if self.value_model is not None:
@@ -258,7 +308,7 @@ class Trainer:
                 self._order = list(range(len(self.scenarios)))
                 self._rng.shuffle(self._order)
             picked.append(self.scenarios[self._order.pop()])
-        return picked
+        return shard(picked, self.dist) if self.dist.enabled else picked
 
     def _generated_tokens(self) -> int:
         return self.agent.engine.stats.generated_tokens
@@ -277,6 +327,24 @@ class Trainer:
             dir=str(self.run_dir),
             config=self.config.model_dump(),
         )
+
+
+class _NoMetrics:
+    """The metrics sink of ranks other than 0: they do not write."""
+
+    def log(self, step: int, metrics: dict[str, Any], *, echo: bool = True) -> None:
+        """Drop the record."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _ddp(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:
+    """``module`` wrapped in DistributedDataParallel (None stays None)."""
+    if module is None:
+        return None
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

@@ -39,6 +39,7 @@ from torch.profiler import record_function
 from turnrl.training.advantages import AdvantageEstimator, whiten
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
+from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
 from turnrl.training.logprobs import forward_tokens
 from turnrl.training.losses import (
     AGGREGATIONS,
@@ -232,9 +233,15 @@ def score_batch(
 
 
 def estimate(
-    batch: RolloutBatch, estimator: AdvantageEstimator, config: TrainingConfig
+    batch: RolloutBatch,
+    estimator: AdvantageEstimator,
+    config: TrainingConfig,
+    ctx: DistributedContext | None = None,
 ) -> tuple[RolloutBatch, dict[str, float]]:
     """Apply the KL reward penalty, run the estimator, whiten, set value targets.
+
+    With several processes (``ctx``), the batch std of the rewards and the
+    whitening moments are those of all ranks' batches together.
 
     Returns:
         The batch with ``advantages`` (and ``returns`` when it has values),
@@ -252,6 +259,13 @@ def estimate(
             rewards=batch.rewards - penalty.sum(-1),
         )
         metrics["train/kl_penalty"] = penalty.sum(-1).mean().item()
+    ctx = ctx or DistributedContext()
+    if ctx.enabled and config.algorithm.scale_rewards == "batch":
+        n, total, squares = all_sum(
+            [len(batch), batch.rewards.sum().item(), (batch.rewards**2).sum().item()], ctx
+        )
+        variance = max(squares - total**2 / n, 0.0) / max(n - 1, 1)  # Bessel, like Tensor.std
+        batch = dataclasses.replace(batch, reward_std=variance**0.5)
     advantages = estimator(batch, batch.values)  # (N, T)
     if advantages.shape != batch.loss_mask.shape:
         raise ValueError(
@@ -266,7 +280,19 @@ def estimate(
     if whitening is None:
         whitening = algo.estimator == "gae"
     if whitening:
-        advantages = whiten(advantages, batch.loss_mask)
+        moments = None
+        if ctx.enabled:
+            count, total, squares = all_sum(
+                [
+                    batch.loss_mask.sum().item(),
+                    (advantages * batch.loss_mask).sum().item(),
+                    (advantages**2 * batch.loss_mask).sum().item(),
+                ],
+                ctx,
+            )
+            mean = total / max(count, 1.0)
+            moments = (mean, max(squares / max(count, 1.0) - mean**2, 0.0))
+        advantages = whiten(advantages, batch.loss_mask, moments=moments)
     return dataclasses.replace(batch, advantages=advantages, returns=returns), metrics
 
 
@@ -278,6 +304,8 @@ def policy_update(
     *,
     value_model: ValueModel | None = None,
     seed: int = 0,
+    ctx: DistributedContext | None = None,
+    wrapped: tuple[torch.nn.Module, torch.nn.Module | None] | None = None,
 ) -> dict[str, float]:
     """Optimizer steps on a scored, estimated batch.
 
@@ -289,13 +317,22 @@ def policy_update(
         config: The training configuration.
         value_model: The critic (gae).
         seed: Seeds the shuffling of mini-batches.
+        ctx: The distributed context (default: a single process). Normalizers
+            are summed over ranks and losses scaled by the world size, so the
+            DDP-averaged gradient is that of the loss over all ranks' groups.
+        wrapped: The DDP-wrapped ``(policy, value_model)`` to run forward
+            passes through (default: the plain modules).
 
     Returns:
-        Metrics averaged over the optimizer steps (``loss/*``, ``train/*``).
+        Metrics averaged over the optimizer steps (``loss/*``, ``train/*``);
+        ``loss/*`` are this rank's share times the world size, so their mean
+        over ranks is the loss of the whole step.
     """
     algo, opt = config.algorithm, config.optim
     if batch.advantages is None or batch.old_logprobs is None:
         raise ValueError("policy_update needs a batch from score_batch and estimate")
+    ctx = ctx or DistributedContext()
+    forward_policy, forward_value = wrapped or (policy, value_model)
     gvpo = algo.estimator == "gvpo"
     generator = torch.Generator().manual_seed(seed) if algo.num_minibatches > 1 else None
     totals: dict[str, float] = defaultdict(float)
@@ -304,24 +341,30 @@ def policy_update(
     for _ in range(algo.num_iterations):
         for rows in minibatches(batch, algo.num_minibatches, generator):
             mini = batch.select(rows)
-            normalizer = _normalizer(mini, config)
-            num_groups = len(_group_rows(mini))
-            for micro_rows in micro_batches(mini, opt.micro_batch_size, whole_groups=gvpo):
+            tokens, sequences, groups = all_sum(
+                [mini.num_tokens, len(mini), len(_group_rows(mini))], ctx
+            )
+            normalizer = _normalizer(tokens, sequences, config)
+            chunks = micro_batches(mini, opt.micro_batch_size, whole_groups=gvpo)
+            for k, micro_rows in enumerate(chunks):
                 micro = mini.select(micro_rows)
-                loss, parts = _micro_loss(
-                    policy,
-                    value_model,
-                    micro,
-                    config,
-                    normalizer,
-                    num_groups,
-                    mini.num_tokens,
-                    len(mini),
-                )
-                with record_function("turnrl/backward"):
-                    optim.scaler.scale(loss).backward()
+                # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+                with maybe_no_sync([forward_policy, forward_value], sync=k == len(chunks) - 1):
+                    loss, parts = _micro_loss(
+                        forward_policy,
+                        value_model,
+                        forward_value,
+                        micro,
+                        config,
+                        normalizer,
+                        int(groups),
+                        mini.num_tokens,
+                        len(mini),
+                    )
+                    with record_function("turnrl/backward"):
+                        optim.scaler.scale(loss * ctx.world_size).backward()
                 for key, value in parts.items():
-                    totals[key] += value
+                    totals[key] += value * (ctx.world_size if key.startswith("loss/") else 1)
             with record_function("turnrl/optimizer_step"):
                 norm, was_skipped = _optimizer_step(optim, opt.max_grad_norm)
             norms.append(norm)
@@ -340,19 +383,20 @@ def policy_update(
     }
 
 
-def _normalizer(batch: RolloutBatch, config: TrainingConfig) -> float:
+def _normalizer(tokens: float, sequences: float, config: TrainingConfig) -> float:
     """What the step's aggregated losses are divided by."""
     how = config.algorithm.loss_aggregation
     if how == "token_mean":
-        return float(batch.num_tokens)
+        return float(tokens)
     if how == "constant":
-        return float(len(batch) * constant_tokens(config))
-    return float(len(batch))
+        return float(sequences * constant_tokens(config))
+    return float(sequences)
 
 
 def _micro_loss(
     policy: torch.nn.Module,
     value_model: ValueModel | None,
+    value_forward: torch.nn.Module | None,
     micro: RolloutBatch,
     config: TrainingConfig,
     normalizer: float,
@@ -425,7 +469,7 @@ def _micro_loss(
     if value_model is not None:
         assert micro.values is not None and micro.returns is not None
         with autocast(device, opt.precision):
-            values = value_model(micro.input_ids, micro.attention_mask, out.hidden)
+            values = value_forward(micro.input_ids, micro.attention_mask, out.hidden)
         per_token_v, vstats = value_loss(
             state_values(values.float()),
             state_values(micro.values),
