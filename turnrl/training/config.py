@@ -232,6 +232,12 @@ class RunConfig(_Section):
     seed: int = Field(0, description="Seed for python, numpy and torch.")
     log_every: int = Field(1, ge=1, description="Console line every N steps.")
     save_final: bool = Field(True, description="save_pretrained the policy at the end.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Write a resumable checkpoint every N steps and at the end (0: off)."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="How many of the latest checkpoints to keep."
+    )
 
 
 class WandbConfig(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import random
 import resource
 import time
@@ -26,10 +27,17 @@ from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import TurnLimit
-from turnrl.logging import MetricsLogger, ensure_logging
+from turnrl.logging import MetricsLogger, ensure_logging, read_metrics
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
 from turnrl.training.batch import build_batch
+from turnrl.training.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from turnrl.training.config import AlgorithmConfig, TrainingConfig
 from turnrl.training.distributed import (
     all_agree,
@@ -63,6 +71,10 @@ class Trainer:
         estimator: A custom advantage estimator (a callable
             ``(batch, values=None) -> advantages (N, T)``), overriding
             ``config.algorithm.estimator``; the policy loss is then PPO-clip.
+        resume: Continue a run: True for the latest checkpoint in
+            ``config.run.output_dir``, or a checkpoint directory. Build the
+            trainer from the same starting model and config as the original
+            run (the reference model is the starting model).
 
     Raises:
         ValueError: No scenarios to train on, an estimator that cannot be
@@ -79,6 +91,7 @@ class Trainer:
         scenarios: Sequence[Scenario] | None = None,
         eval_scenarios: Sequence[Scenario] | None = None,
         estimator: AdvantageEstimator | None = None,
+        resume: bool | str | Path = False,
     ) -> None:
         ensure_logging()
         self.config = config or TrainingConfig.from_profile("balanced")
@@ -132,14 +145,18 @@ class Trainer:
         if self.dist.is_main:  # only rank 0 writes
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.json")
-            self.metrics: MetricsLogger | _NoMetrics = MetricsLogger(
-                self.run_dir, wandb_run=self._init_wandb()
-            )
-        else:
-            self.metrics = _NoMetrics()
         self.step_count = 0
         self._order: list[int] = []
         self._rng = random.Random(self.config.run.seed)
+        self.resumed_from: Path | None = None
+        if resume:
+            self.resumed_from = self._resume(resume)
+        if self.dist.is_main:
+            self.metrics: MetricsLogger | _NoMetrics = MetricsLogger(
+                self.run_dir, wandb_run=self._init_wandb(), append=self.resumed_from is not None
+            )
+        else:
+            self.metrics = _NoMetrics()
 
     async def train(self) -> dict[str, Any]:
         """Run the configured number of steps.
@@ -148,8 +165,9 @@ class Trainer:
             ``eval_before``, ``eval_after`` (mean held-out reward, or None
             without eval scenarios), ``steps`` and ``wall_s``.
         """
-        # Ranks sample differently; the scenario order (self._rng) is shared.
-        seed_everything(self.config.run.seed + self.dist.rank)
+        if self.resumed_from is None:
+            # Ranks sample differently; the scenario order (self._rng) is shared.
+            seed_everything(self.config.run.seed + self.dist.rank)
         try:
             return await self._train()
         finally:
@@ -159,11 +177,12 @@ class Trainer:
     async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
         eval_before = eval_after = None
-        if self.eval_scenarios:
+        if self.eval_scenarios and self.resumed_from is None:
             # .get: when every eval episode failed there is no mean (None, logged).
             eval_before = (await self.evaluate()).get("eval/reward_mean")
             self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
-        for _ in range(self.config.run.max_steps):
+        every_ckpt = self.config.run.checkpoint_every
+        while self.step_count < self.config.run.max_steps:
             metrics = await self.step()
             every, last = self.config.eval.every, self.step_count == self.config.run.max_steps
             if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
@@ -171,6 +190,8 @@ class Trainer:
                 eval_after = metrics.get("eval/reward_mean")
             echo = self.step_count % self.config.run.log_every == 0 or last
             self.metrics.log(self.step_count, metrics, echo=echo)
+            if every_ckpt and (last or self.step_count % every_ckpt == 0):
+                self.save_checkpoint()
         if self.config.run.save_final:
             self.save(self.run_dir / "final")
         self.metrics.close()
@@ -285,6 +306,33 @@ class Trainer:
             save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
         metrics = rollout_metrics(groups, prefix="eval")
         return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint of this step (rank 0; see :mod:`.checkpoint`)."""
+        if not self.dist.is_main:
+            return None
+        path = save_checkpoint(self, keep=self.config.run.keep_checkpoints)
+        log.info("checkpoint_saved", step=self.step_count, path=str(path))
+        return path
+
+    def _resume(self, resume: bool | str | Path) -> Path:
+        """Load a checkpoint and drop the metrics logged after it."""
+        if resume is True:
+            path = latest_checkpoint(self.run_dir)
+            if path is None:
+                raise CheckpointError(
+                    f"resume=True but {checkpoint_dir(self.run_dir)} has no checkpoint; set "
+                    "run.checkpoint_every to write them"
+                )
+        else:
+            path = Path(resume)
+        step = load_checkpoint(self, path)
+        metrics_file = self.run_dir / "metrics.jsonl"
+        if self.dist.is_main and metrics_file.exists():
+            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= step]
+            metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        log.info("resumed", step=step, checkpoint=str(path))
+        return path
 
     def save(self, path: str | Path) -> Path:
         """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
