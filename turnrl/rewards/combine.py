@@ -199,7 +199,10 @@ def combine(
 
 
 async def score_groups(
-    groups: Sequence[TrajectoryGroup], reward: RewardFunction | None
+    groups: Sequence[TrajectoryGroup],
+    reward: RewardFunction | None,
+    *,
+    timeout_s: float | None = None,
 ) -> dict[str, float]:
     """Score every not-yet-failed trajectory of ``groups`` in place.
 
@@ -218,6 +221,8 @@ async def score_groups(
     Args:
         groups: The rollout groups; their trajectories are updated in place.
         reward: The reward function, or None for environment rewards only.
+        timeout_s: A group whose scoring takes longer fails (each of its
+            trajectories gets the error); None: no limit.
 
     Returns:
         ``reward/<name>_mean`` for every name in ``reward_components`` (mean
@@ -235,7 +240,11 @@ async def score_groups(
             results = [RewardResult(0.0)] * len(ok)
         else:
             sub_group = TrajectoryGroup(scenario=group.scenario, trajectories=ok)
-            results = await score_group(reward, sub_group)
+            with anyio.move_on_after(timeout_s) as scope:
+                results = await score_group(reward, sub_group)
+            if scope.cancelled_caught:
+                error = f"{reward.name}: timed out after {timeout_s} s"
+                results = [RewardResult(0.0, error=error)] * len(ok)
         outcomes[i] = list(zip(ok, results, strict=True))
 
     async with anyio.create_task_group() as tg:

@@ -65,6 +65,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
     """Write the trainer's state as ``checkpoints/step-NNNNNN``; keep the newest ``keep``."""
+    bad = [n for n, p in trainer.policy.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save non-finite weights (first: {bad[0]})")
     root = checkpoint_dir(trainer.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{trainer.step_count:06d}"

@@ -73,6 +73,18 @@ class RolloutConfig(_Section):
     min_group_size: int = Field(
         2, ge=1, description="Groups with fewer surviving episodes are dropped."
     )
+    env_timeout_s: float | None = Field(
+        None, gt=0, description="Fail an episode whose reset or step takes longer (None: no limit)."
+    )
+    reward_timeout_s: float | None = Field(
+        None, gt=0, description="Fail a group whose reward function takes longer (None: no limit)."
+    )
+    max_failed_frac: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Stop the run when more than this fraction of a step's episodes failed.",
+    )
 
 
 BUILTIN_ESTIMATORS = ("grpo", "rloo", "gae", "gvpo")
@@ -207,6 +219,9 @@ class OptimConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None disables.")
     micro_batch_size: int = Field(
         16, ge=1, description="Sequences per forward/backward; a step accumulates over all."
+    )
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="Stop after this many consecutive steps with a non-finite gradient."
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16 autocast, or fp16 autocast with GradScaler (CUDA only)."

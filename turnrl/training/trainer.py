@@ -15,6 +15,7 @@ import json
 import random
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.base import Environment
-from turnrl.environments.wrappers import TurnLimit
+from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.logging import MetricsLogger, ensure_logging, read_metrics
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
@@ -116,8 +117,10 @@ class Trainer:
             self.eval_scenarios = self.eval_scenarios[: self.config.eval.max_scenarios]
         if self.config.optim.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("optim.precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
-        max_turns = self.config.rollout.max_turns
-        self.env = TurnLimit(env, max_turns) if max_turns is not None else env
+        rollout = self.config.rollout
+        if rollout.env_timeout_s is not None:
+            env = Timeout(env, rollout.env_timeout_s)
+        self.env = TurnLimit(env, rollout.max_turns) if rollout.max_turns is not None else env
         self.rewards = _as_reward(rewards)
         algo = self.config.algorithm
         if estimator is not None and algo.estimator == "gvpo":
@@ -146,6 +149,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.json")
         self.step_count = 0
+        self._nonfinite_streak = 0
         self._order: list[int] = []
         self._rng = random.Random(self.config.run.seed)
         self.resumed_from: Path | None = None
@@ -214,8 +218,11 @@ class Trainer:
         t1 = time.perf_counter()
         # Groups given with their rewards (replayed, off-policy) keep them.
         unscored = [g for g in groups if any(t.reward is None for t in g.ok)]
-        metrics: dict[str, Any] = await score_groups(unscored, self.rewards)
+        metrics: dict[str, Any] = await score_groups(
+            unscored, self.rewards, timeout_s=self.config.rollout.reward_timeout_s
+        )
         metrics |= rollout_metrics(groups)
+        _check_failures(groups, self.config.rollout.max_failed_frac, self.step_count + 1)
         kept = [g for g in groups if len(g.ok) >= self.config.rollout.min_group_size]
         metrics["rollout/groups_dropped"] = float(len(groups) - len(kept))
         metrics["rollout/frac_zero_std"] = _frac_zero_std(kept)
@@ -226,6 +233,18 @@ class Trainer:
         # Every rank must take part in the update's collectives, or none.
         if all_agree(bool(kept), self.dist):
             metrics |= self._update(kept)
+            self._nonfinite_streak = (
+                self._nonfinite_streak + 1 if metrics["train/skipped_nonfinite"] else 0
+            )
+            if metrics["train/skipped_nonfinite"]:
+                log.warning("nonfinite_gradient", step=self.step_count, action="update skipped")
+            if self._nonfinite_streak >= self.config.optim.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{self._nonfinite_streak} steps in a row (up to step {self.step_count}) had "
+                    "a non-finite loss or gradient and were skipped; the weights are those of "
+                    f"step {self.step_count - self._nonfinite_streak}. Lower optim.lr, check the "
+                    "rewards for NaN/inf, or use precision='fp32'"
+                )
         else:
             log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
         t2 = time.perf_counter()
@@ -375,6 +394,28 @@ class Trainer:
             dir=str(self.run_dir),
             config=self.config.model_dump(),
         )
+
+
+class RolloutFailureError(RuntimeError):
+    """Too many episodes of a step failed (environment, agent or reward errors)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradients stayed non-finite for several steps in a row."""
+
+
+def _check_failures(groups: Sequence[TrajectoryGroup], max_frac: float, step: int) -> None:
+    """Raise RolloutFailureError, with the most common errors, above ``max_frac`` failures."""
+    episodes = flatten(groups)
+    failed = [t for t in episodes if t.failed]
+    if not episodes or len(failed) / len(episodes) <= max_frac:
+        return
+    counts = Counter((t.error or "").splitlines()[0][:200] for t in failed)
+    summary = "; ".join(f"{n} x {error!r}" for error, n in counts.most_common(5))
+    raise RolloutFailureError(
+        f"step {step}: {len(failed)} of {len(episodes)} episodes failed (more than "
+        f"rollout.max_failed_frac={max_frac}). Most common errors: {summary}"
+    )
 
 
 class _NoMetrics:
