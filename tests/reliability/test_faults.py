@@ -139,3 +139,29 @@ def test_no_checkpoint_holds_nan_weights(agent, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()
     )
+
+
+class Endless(Environment):
+    """Always answers with a long message, so the conversation outgrows any context."""
+
+    def __init__(self, scenarios):
+        self.scenarios = list(scenarios)
+
+    async def reset(self, *, seed=None, options=None):
+        return list(scenario_from_options(options).prompt), {}
+
+    async def step(self, message):
+        from turnrl.types import user
+
+        return StepResult([user("x" * 300)], 0.0, False, False, {})
+
+
+@pytest.mark.anyio
+async def test_context_overflow_truncates_the_episode_and_is_counted(agent, tmp_path):
+    agent.engine.max_context = 400  # tiny model: 1024 positions; make it overflow sooner
+    trainer = Trainer(agent, Endless(make_scenarios(n=4)), None, config(tmp_path))
+    groups = await trainer.collect_groups()
+    assert all(t.truncated and not t.failed and len(t.turns) == 2 for g in groups for t in g)
+    metrics = await trainer.step(groups)
+    assert metrics["rollout/context_overflow"] == 8.0
+    assert metrics["rollout/failed"] == 0.0

@@ -7,7 +7,9 @@ bounds how many episodes run at once.
 
 An episode whose environment (or agent) raises is kept as a failed
 trajectory (``error`` set, logged once with its scenario id) and dropped
-later; it never takes the step down with it.
+later; it never takes the step down with it. An episode whose conversation
+outgrows the model's context ends there, truncated (GAE bootstraps), and is
+counted in ``rollout/context_overflow``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import anyio
 import structlog
 
 from turnrl.agents.base import Agent
-from turnrl.agents.engine import SamplingParams
+from turnrl.agents.engine import ContextOverflowError, SamplingParams
 from turnrl.environments.base import Environment
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, flatten
 
@@ -49,11 +51,19 @@ async def run_episode(
         trajectory.initial_messages = list(observation)
         conversation: list[Message] = list(observation)
         while True:
-            turn = await (
-                agent.respond(conversation)
-                if sampling is None
-                else agent.respond(conversation, sampling=sampling)  # type: ignore[call-arg]
-            )
+            try:
+                turn = await (
+                    agent.respond(conversation)
+                    if sampling is None
+                    else agent.respond(conversation, sampling=sampling)  # type: ignore[call-arg]
+                )
+            except ContextOverflowError:
+                if not trajectory.turns:
+                    raise  # not even the opening fits: nothing to learn from
+                # The conversation outgrew the model: end it here, cut by a limit.
+                trajectory.truncated = True
+                trajectory.info = {"truncated_by": "context_length"}
+                break
             observation, reward, terminated, truncated, info = await episode_env.step(turn.message)
             trajectory.turns.append(turn)
             trajectory.env_messages.append(list(observation))
@@ -139,6 +149,9 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
                 sum(len(turn.completion_ids) for turn in ts) for ts in turns
             ),
             f"{prefix}/truncated_frac": statistics.fmean(float(t.truncated) for t in ok),
+            f"{prefix}/context_overflow": float(
+                sum(t.info.get("truncated_by") == "context_length" for t in ok)
+            ),
             f"{prefix}/finish_length_frac": statistics.fmean(
                 float(any(turn.finish_reason == "length" for turn in t.turns)) for t in ok
             ),
