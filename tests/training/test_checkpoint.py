@@ -88,7 +88,7 @@ async def test_keep_last_k_and_broken_checkpoints_are_named(tiny_path, tmp_path)
         Trainer(agent, ArithmeticEnvironment(scenarios), None, config, resume=latest)
 
     older = list_checkpoints(tmp_path / "run")[0]
-    (older / "model" / "model.safetensors").write_bytes(b"not a safetensors file")
+    (older / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read"):
         Trainer(agent, ArithmeticEnvironment(scenarios), None, config, resume=older)
 

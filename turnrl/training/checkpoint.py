@@ -3,7 +3,8 @@
 A checkpoint is a directory ``<run_dir>/checkpoints/step-000010`` holding
 everything the next step depends on:
 
-- ``model/``: the policy, ``save_pretrained`` (safetensors) with its tokenizer;
+- ``model.safetensors``: every weight of the policy (with LoRA: the base model
+  and the adapters);
 - ``value_model.safetensors`` when there is a critic;
 - ``optimizer.pt``: optimizer, LR schedule and GradScaler states (tensors and
   plain containers only);
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_model, save_model
 
 if TYPE_CHECKING:
     from turnrl.training.trainer import Trainer
@@ -73,8 +75,7 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
     final = root / f"{PREFIX}{trainer.step_count:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        trainer.policy.save_pretrained(tmp / "model")
-        trainer.agent.tokenizer.save_pretrained(tmp / "model")
+        save_model(trainer.policy, str(tmp / "model.safetensors"))
         if trainer.value_model is not None:
             trainer.value_model.save(tmp)
         optim = trainer.optim
@@ -116,20 +117,15 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
-    weights = path / "model" / "model.safetensors"
+    weights = path / "model.safetensors"
     _require(weights, path)
-    from safetensors.torch import load_file
-
     try:
-        state = load_file(str(weights))
+        load_model(trainer.policy, str(weights), strict=True)
+    except RuntimeError as e:  # missing / unexpected / misshapen tensors
+        first = str(e).strip().splitlines()[0][:300]
+        raise CheckpointError(f"{weights} does not fit the model: {first}") from None
     except Exception as e:
         raise CheckpointError(f"{weights}: cannot read the weights ({e})") from None
-    missing, unexpected = _load_weights(trainer.policy, state)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights} does not fit the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
     if trainer.value_model is not None:
         value_file = path / "value_model.safetensors"
         _require(value_file, path)
@@ -149,26 +145,6 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
     trainer._order = list(info["order"])
     trainer._rng.setstate(_python_tuple(info["order_rng"]))
     return trainer.step_count
-
-
-def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[set, set]:
-    own = model.state_dict()
-    # Tied weights are stored once by save_pretrained.
-    missing = {k for k in own if k not in state} - _tied_names(model)
-    unexpected = {k for k in state if k not in own}
-    if not missing and not unexpected:
-        model.load_state_dict(state, strict=False)
-    return missing, unexpected
-
-
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            tied.add(name)
-        seen.setdefault(id(tensor), name)
-    return tied
 
 
 def _require(file: Path, checkpoint: Path) -> None:

@@ -39,6 +39,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSettings(_Section):
+    """LoRA adapters (peft) instead of full fine-tuning."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator (the scale is alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Which linear layers get adapters (peft's target_modules)."
+    )
+
+
 class ModelConfig(_Section):
     """Which model to load (used by the CLI; scripts may pass an agent instead)."""
 
@@ -47,6 +58,11 @@ class ModelConfig(_Section):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Parameter dtype of the policy and reference model."
+    )
+    lora: LoraSettings | None = Field(
+        None,
+        description="Train LoRA adapters (needs peft); the reference model is then the same "
+        "model with the adapters disabled, not a second copy.",
     )
 
 

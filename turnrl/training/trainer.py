@@ -48,6 +48,7 @@ from turnrl.training.distributed import (
     shard,
     shutdown,
 )
+from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, merged_copy
 from turnrl.training.rollout import collect, rollout_metrics
 from turnrl.training.update import estimate, make_optimization, policy_update, score_batch
 from turnrl.training.value import ValueModel
@@ -100,6 +101,9 @@ class Trainer:
         self._owns_group = self.dist.enabled and not torch.distributed.is_initialized()
         device = init_process_group(self.dist)
         self.agent = agent
+        lora = self.config.model.lora
+        if lora is not None and not is_peft_model(agent.model):
+            agent.model = agent.engine.model = add_lora(agent.model, lora)
         self.policy = agent.model
         if self.dist.enabled and device.type == "cuda":
             self.policy.to(device)
@@ -137,8 +141,10 @@ class Trainer:
         self.wrapped = (self.policy, self.value_model)
         if self.dist.enabled:
             self.wrapped = (_ddp(self.policy, device), _ddp(self.value_model, device))
-        self.ref_model = None
-        if algo.uses_reference:
+        self.ref_model: Any = None
+        if algo.uses_reference and is_peft_model(self.policy):
+            self.ref_model = AdapterDisabledReference(self.policy)  # no second copy
+        elif algo.uses_reference:
             self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optim = make_optimization(self.policy, self.config, self.value_model)
         gen = self.config.generation
@@ -353,15 +359,19 @@ class Trainer:
         log.info("resumed", step=step, checkpoint=str(path))
         return path
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, merge: bool = False) -> Path:
         """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
 
-        With several processes only rank 0 writes.
+        With LoRA this stores the adapter (load it with peft on top of the base
+        model), or with ``merge=True`` a plain model with the adapters merged
+        in, loadable with ``AutoModelForCausalLM.from_pretrained``. With several
+        processes only rank 0 writes.
         """
         path = Path(path)
         if not self.dist.is_main:
             return path
-        self.policy.save_pretrained(path)
+        model = merged_copy(self.policy) if merge and is_peft_model(self.policy) else self.policy
+        model.save_pretrained(path)
         self.agent.tokenizer.save_pretrained(path)
         if self.value_model is not None:
             self.value_model.save(path)
