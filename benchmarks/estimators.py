@@ -44,7 +44,17 @@ ESTIMATOR_SETTINGS: dict[str, dict] = {
     "rloo": {"estimator": "rloo"},
     "gae": {"estimator": "gae", "gamma": 1.0, "gae_lambda": 0.95, "value_coef": 0.1},
     "gvpo": {"estimator": "gvpo", "beta": 0.1},
+    # What GVPO reduces to on its first pass from the behavior policy (w_i = centered
+    # rewards): a policy gradient on sequence log-prob sums, no std scaling, no KL
+    # to the reference. Run to explain GVPO's result (RESULTS.md).
+    "grpo_as_gvpo": {
+        "estimator": "grpo",
+        "scale_rewards": "none",
+        "loss_aggregation": "seq_mean_token_sum",
+        "beta": 0.0,
+    },
 }
+DEFAULT_ESTIMATORS = ["grpo", "rloo", "gae", "gvpo"]
 
 
 def warm_start(cache: Path, steps: int) -> Path:
@@ -160,7 +170,7 @@ def plot(runs: list[dict], path: Path) -> None:
 async def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     start = warm_start(Path(args.cache), args.warmstart_steps)
-    results_path = HERE / "estimators.json"
+    results_path = HERE / f"{args.name}.json"
     runs = []
     for seed in args.seeds:
         for name in args.estimators:
@@ -170,7 +180,7 @@ async def main(args: argparse.Namespace) -> None:
     meta = {"command": "python benchmarks/estimators.py " + " ".join(args.argv), "runs": runs}
     results_path.write_text(json.dumps(meta, indent=1))
     table, _ = summarize(runs)
-    plot(runs, HERE / "estimators.png")
+    plot(runs, HERE / f"{args.name}.png")
     print(table)
 
 
@@ -178,7 +188,10 @@ if __name__ == "__main__":
     import sys
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--estimators", nargs="+", default=list(ESTIMATOR_SETTINGS))
+    parser.add_argument(
+        "--estimators", nargs="+", default=DEFAULT_ESTIMATORS, choices=list(ESTIMATOR_SETTINGS)
+    )
+    parser.add_argument("--name", default="estimators", help="output files: NAME.json, NAME.png")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=2e-4)
