@@ -5,7 +5,8 @@ supervised phase, cached like ``benchmarks/estimators.py`` does; B = 16 x G = 8;
 micro-batches of 32) under ``torch.profiler`` and adds up the time spent inside
 the ``record_function`` ranges turnrl marks:
 
-- ``turnrl/generate``: the GenerationEngine's batched ``generate`` calls;
+- generation: the GenerationEngine's batched ``generate`` calls (they run in a
+  worker thread, which the profiler does not see; the engine times them);
 - ``turnrl/ref_forward``: the reference model's no-grad forward;
 - ``turnrl/policy_forward``: the policy's forward with gradients;
 - ``turnrl/backward``, ``turnrl/optimizer_step``.
@@ -33,7 +34,6 @@ from turnrl.environments.tasks import ArithmeticEnvironment
 from turnrl.training.trainer import Trainer
 
 LABELS = (
-    "turnrl/generate",
     "turnrl/ref_forward",
     "turnrl/policy_forward",
     "turnrl/backward",
@@ -49,12 +49,14 @@ def run(args: argparse.Namespace) -> None:
     config = demo_config(args.output, rl_steps=args.steps + 1, seed=0)
     trainer = Trainer(agent, ArithmeticEnvironment(train), None, config)
     asyncio.run(trainer.step())  # warm-up step, not profiled
+    generate0 = agent.engine.stats.generate_s
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(args.steps):
             asyncio.run(trainer.step())
         total = time.perf_counter() - t0
-    spent = {label: 0.0 for label in LABELS}
+    spent = {"turnrl/generate": agent.engine.stats.generate_s - generate0}
+    spent |= {label: 0.0 for label in LABELS}
     for event in prof.key_averages():
         if event.key in spent:
             spent[event.key] = event.cpu_time_total / 1e6  # microseconds -> seconds

@@ -91,7 +91,7 @@ def turnrl_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int) -> 
     config = TrainingConfig.from_profile(
         "balanced",
         generation={"max_new_tokens": max_new_tokens},
-        rollout={"scenarios_per_step": len(scenarios) // GROUP, "num_generations": GROUP},
+        rollout={"scenarios_per_step": len(scenarios), "num_generations": GROUP},
         run={"output_dir": tempfile.mkdtemp(prefix="turnrl-bench-")},
         algorithm={"beta": 0.0},
     )

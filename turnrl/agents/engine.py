@@ -26,6 +26,7 @@ therefore queues requests and runs them together:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +85,7 @@ class EngineStats:
     requests: int = 0
     generate_calls: int = 0
     generated_tokens: int = 0
+    generate_s: float = 0.0  # wall time inside model.generate
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -214,6 +216,7 @@ class GenerationEngine:
         recorder = _LogprobRecorder(1.0 if greedy else params.temperature)
         was_training = self.model.training
         self.model.eval()
+        started = time.perf_counter()
         try:
             with record_function("turnrl/generate"):
                 out = self.model.generate(
@@ -224,6 +227,7 @@ class GenerationEngine:
                 )
         finally:
             self.model.train(was_training)
+            self.stats.generate_s += time.perf_counter() - started
         new_tokens = out[:, width:]  # (B, S)
         logprobs = recorder.finish(new_tokens).cpu()  # (B, S)
         new_tokens = new_tokens.cpu()

@@ -219,6 +219,7 @@ class Trainer:
         """One training step; collects fresh groups unless ``groups`` is given."""
         t0 = time.perf_counter()
         calls0, tokens0 = self.agent.engine.stats.generate_calls, self._generated_tokens()
+        generate0 = self.agent.engine.stats.generate_s
         if groups is None:
             groups = await self.collect_groups()
         t1 = time.perf_counter()
@@ -264,6 +265,7 @@ class Trainer:
                 "perf/generated_tokens": float(generated),
                 "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
                 "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
+                "perf/generate_s": self.agent.engine.stats.generate_s - generate0,
             }
             | peak_memory(self.device)
         )
