@@ -20,11 +20,12 @@ MAX_STEPS = 400  # far more than the kills leave time for: the run ends only whe
 
 def start(run_dir, max_steps=MAX_STEPS):
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    log = (Path(run_dir).parent / "worker.log").open("a")
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(run_dir), str(max_steps)],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=log,
         text=True,
     )
 
@@ -32,7 +33,7 @@ def start(run_dir, max_steps=MAX_STEPS):
 def wait_for_first_checkpoint(run_dir, process, limit=120):
     deadline = time.monotonic() + limit
     while latest_checkpoint(run_dir) is None:
-        assert process.poll() is None, process.stdout.read()
+        assert process.poll() is None, _log(run_dir)
         assert time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.05)
 
@@ -46,10 +47,13 @@ def test_sigkill_at_random_moments_never_loses_the_latest_checkpoint(tiny_path, 
         process = start(run_dir)
         if kill == 0:
             wait_for_first_checkpoint(run_dir, process)
+        elif kill % 3 == 0:
+            time.sleep(rng.uniform(0.5, 4.0))  # anywhere, loading included
         else:
-            # Let it load the checkpoint and train a little, then kill it anywhere:
-            # in a step, in a save, or while loading.
-            time.sleep(rng.uniform(3.0, 9.0))
+            # Once it has loaded the checkpoint, let it train a little, then kill it
+            # wherever it is: in a step or in a save (a save every step).
+            assert process.stdout.readline().startswith("started at step"), _log(run_dir)
+            time.sleep(rng.uniform(0.2, 3.0))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         latest = latest_checkpoint(run_dir)
@@ -64,9 +68,13 @@ def test_sigkill_at_random_moments_never_loses_the_latest_checkpoint(tiny_path, 
     # Left alone, the run resumes once more and finishes two steps later.
     process = start(run_dir, max_steps=steps_seen[-1] + 2)
     out, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, out
+    assert process.returncode == 0, out + _log(run_dir)
     assert f"started at step {steps_seen[-1]}" in out and "finished" in out
     assert _load_step(latest_checkpoint(run_dir), tmp_path / "probe-end") == steps_seen[-1] + 2
+
+
+def _log(run_dir):
+    return (Path(run_dir).parent / "worker.log").read_text()[-3000:]
 
 
 def _load_step(checkpoint, probe_dir):
