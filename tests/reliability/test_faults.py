@@ -165,3 +165,29 @@ async def test_context_overflow_truncates_the_episode_and_is_counted(agent, tmp_
     metrics = await trainer.step(groups)
     assert metrics["rollout/context_overflow"] == 8.0
     assert metrics["rollout/failed"] == 0.0
+
+
+@pytest.mark.anyio
+async def test_empty_and_cut_off_turns_are_counted(agent, tmp_path):
+    trainer = Trainer(agent, ArithmeticEnvironment(make_scenarios(n=4)), None, config(tmp_path))
+    groups = await trainer.collect_groups()
+    from turnrl.types import Message
+
+    eos = agent.eos_token_ids[0]
+    # One turn that said nothing (end of turn at once), one cut at max_new_tokens.
+    turns = groups[0].trajectories[0].turns
+    turns[0] = turns[0].model_copy(
+        update={
+            "message": Message(role="assistant", content="", token_ids=[eos]),
+            "completion_ids": [eos],
+            "logprobs": [-1.0],
+            "finish_reason": "stop",
+        }
+    )
+    cut = groups[1].trajectories[0].turns
+    cut[0] = cut[0].model_copy(update={"finish_reason": "length"})
+    from turnrl.training.rollout import rollout_metrics
+
+    metrics = rollout_metrics(groups)
+    assert metrics["rollout/empty_turns"] >= 1.0
+    assert metrics["rollout/finish_length_frac"] > 0

@@ -155,6 +155,9 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
             f"{prefix}/finish_length_frac": statistics.fmean(
                 float(any(turn.finish_reason == "length" for turn in t.turns)) for t in ok
             ),
+            f"{prefix}/empty_turns": float(
+                sum(not turn.message.content.strip() for ts in turns for turn in ts)
+            ),
         }
         components: dict[str, list[float]] = {}
         for t in ok:
