@@ -60,10 +60,6 @@ class AdapterDisabledReference:
         with self.policy.disable_adapter():
             return self.policy(*args, **kwargs)
 
-    def parameters(self):
-        """The policy's frozen base weights (for code that asks for a device)."""
-        return (p for p in self.policy.parameters() if not p.requires_grad)
-
 
 def merged_copy(policy: torch.nn.Module) -> torch.nn.Module:
     """A plain transformers model with the adapters merged in (the policy is unchanged)."""

@@ -142,16 +142,20 @@ def value_loss(
 
 
 def token_mean(
-    per_token: torch.Tensor, mask: torch.Tensor, num_tokens: int | float
+    per_token: torch.Tensor, mask: torch.Tensor, normalizer: int | float
 ) -> torch.Tensor:
-    """Sum of masked per-token losses divided by the step's token count.
+    """Sum of masked per-token losses divided by the step's normalizer.
+
+    ``token_mean``, ``seq_mean_token_sum`` and ``constant`` are this same sum;
+    they differ only in the normalizer the trainer passes: the step's token
+    count, its sequence count, or sequences x a fixed token budget.
 
     Args:
         per_token: Shape (N, T).
         mask: Shape (N, T).
-        num_tokens: Masked tokens in the whole optimizer step (all micro-batches).
+        normalizer: For the whole optimizer step (all micro-batches).
     """
-    return (per_token * mask).sum() / max(float(num_tokens), 1.0)
+    return (per_token * mask).sum() / max(float(normalizer), 1.0)
 
 
 def seq_mean_token_mean(
@@ -168,30 +172,9 @@ def seq_mean_token_mean(
     return per_sequence.sum() / max(float(num_sequences), 1.0)
 
 
-def seq_mean_token_sum(
-    per_token: torch.Tensor, mask: torch.Tensor, num_sequences: int | float
-) -> torch.Tensor:
-    """Sum over each sequence's masked tokens, summed, divided by the step's sequence count.
-
-    Args:
-        per_token: Shape (N, T).
-        mask: Shape (N, T).
-        num_sequences: Sequences in the whole optimizer step (all micro-batches).
-    """
-    return (per_token * mask).sum() / max(float(num_sequences), 1.0)
-
-
-def constant_normalizer(
-    per_token: torch.Tensor, mask: torch.Tensor, normalizer: int | float
-) -> torch.Tensor:
-    """Sum of masked per-token losses divided by a fixed number (Dr. GRPO).
-
-    Args:
-        per_token: Shape (N, T).
-        mask: Shape (N, T).
-        normalizer: ``sequences in the step x token budget per sequence``.
-    """
-    return (per_token * mask).sum() / max(float(normalizer), 1.0)
+# The same computation as token_mean, under the names of the other normalizers.
+seq_mean_token_sum = token_mean
+constant_normalizer = token_mean
 
 
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int | float], torch.Tensor]] = {
