@@ -31,19 +31,22 @@ from turnrl.training.trainer import Trainer, seed_everything
 
 
 async def main(args: argparse.Namespace) -> dict:
-    seed_everything(0)
+    seed_everything(args.seed)
     torch.set_num_threads(args.threads)
-    held_out, train = demo_scenarios(seed=0)
-    start = Path(args.cache) / f"warm-{args.warmstart_steps}-{args.retry_fraction}"
+    held_out, train = demo_scenarios(seed=args.seed)
+    start = Path(args.cache) / (
+        f"warm-{args.warmstart_steps}-{args.retry_fraction}-{args.warmstart_lr}-seed{args.seed}"
+    )
     if not (start / "config.json").exists():
         agent = TransformersAgent.from_pretrained(tiny_model_path())
-        demos = demonstrations(train, retry_fraction=args.retry_fraction)
+        demos = demonstrations(train, retry_fraction=args.retry_fraction, seed=args.seed)
         supervised_warmstart(
             agent,
             demos,
             steps=args.warmstart_steps,
-            lr=2e-3,
+            lr=args.warmstart_lr,
             batch_size=64,
+            seed=args.seed,
             log_every=100,
             train_on="last",
         )
@@ -56,8 +59,13 @@ async def main(args: argparse.Namespace) -> dict:
         generation={"max_new_tokens": 6},
         rollout={"scenarios_per_step": args.scenarios_per_step, "num_generations": 8},
         eval={"every": args.eval_every, "num_generations": args.eval_generations},
-        algorithm={"beta": args.beta, "loss_aggregation": args.aggregation},
-        run={"max_steps": args.steps, "output_dir": args.output},
+        algorithm={
+            "beta": args.beta,
+            "loss_aggregation": args.aggregation,
+            "estimator": args.estimator,
+            "scale_rewards": args.scale_rewards,
+        },
+        run={"max_steps": args.steps, "output_dir": args.output, "seed": args.seed},
     )
     trainer = Trainer(agent, ArithmeticEnvironment(train), None, config, eval_scenarios=held_out)
     return await trainer.train()
@@ -75,6 +83,10 @@ if __name__ == "__main__":
     parser.add_argument("--scenarios-per-step", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--eval-generations", type=int, default=4)
+    parser.add_argument("--estimator", default="grpo")
+    parser.add_argument("--scale-rewards", default=None, help="group | batch | none")
+    parser.add_argument("--warmstart-lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default="runs/calibration-cache")
     parser.add_argument("--output", default="runs/calibration")

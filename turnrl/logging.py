@@ -13,10 +13,14 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from turnrl.types import Trajectory
 
 # The few numbers a person watches; everything else is in metrics.jsonl.
 CONSOLE_KEYS = (
@@ -46,11 +50,22 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool = False) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        # Look sys.stderr up at each use: it may have been replaced (pytest, notebooks)
-        # since logging was configured, and the old stream closed.
-        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
+        logger_factory=lambda *args: _BarSafeLogger(),
         cache_logger_on_first_use=False,
     )
+
+
+class _BarSafeLogger:
+    """Prints log lines to stderr through ``tqdm.write``, so a progress bar is not torn."""
+
+    def msg(self, message: str) -> None:
+        from tqdm.auto import tqdm
+
+        # Look sys.stderr up at each use: it may have been replaced (pytest,
+        # notebooks) since logging was configured, and the old stream closed.
+        tqdm.write(message, file=sys.stderr)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
 
 def ensure_logging() -> None:
@@ -105,6 +120,32 @@ class MetricsLogger:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
         if self.console and echo:
             self._log.info(console_line(step, metrics))
+
+    def log_samples(
+        self, step: int, trajectories: Sequence[Trajectory], *, table: str, limit: int = 16
+    ) -> None:
+        """Send the first ``limit`` conversations to wandb as a table (no-op without wandb).
+
+        Columns: step, scenario id, the conversation as text, reward, turns and
+        error. The full samples are in the run directory's JSONL files.
+        """
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        rows = [
+            [
+                step,
+                t.scenario.id,
+                "\n".join(f"{m.role}: {m.content}" for m in t.conversation),
+                t.reward,
+                len(t.turns),
+                t.error,
+            ]
+            for t in trajectories[:limit]
+        ]
+        columns = ["step", "scenario", "conversation", "reward", "turns", "error"]
+        self.wandb_run.log({table: wandb.Table(columns=columns, data=rows)}, step=step)
 
     def close(self) -> None:
         """Finish the wandb run, if any."""

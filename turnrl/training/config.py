@@ -262,6 +262,10 @@ class RunConfig(_Section):
     max_steps: int = Field(100, ge=1, description="Training steps.")
     seed: int = Field(0, description="Seed for python, numpy and torch.")
     log_every: int = Field(1, ge=1, description="Console line every N steps.")
+    progress: bool | None = Field(
+        None, description="Live progress bar (None: when stderr is a terminal)."
+    )
+    plot: bool = Field(True, description="Draw metrics.png in the run directory at the end.")
     save_final: bool = Field(True, description="save_pretrained the policy at the end.")
     checkpoint_every: int = Field(
         0, ge=0, description="Write a resumable checkpoint every N steps and at the end (0: off)."

@@ -15,7 +15,7 @@ counted in ``rollout/context_overflow``.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -94,6 +94,7 @@ async def collect(
     max_concurrency: int = 256,
     seed: int = 0,
     sampling: SamplingParams | None = None,
+    on_episode: Callable[[int, int], None] | None = None,
 ) -> list[TrajectoryGroup]:
     """Run ``num_generations`` episodes of every scenario concurrently.
 
@@ -105,18 +106,25 @@ async def collect(
         max_concurrency: Most episodes running at once.
         seed: Base seed; episode ``(i, j)`` resets with ``seed + i * G + j``.
         sampling: Sampling settings (default: the agent's own).
+        on_episode: Called with ``(episodes done, episodes in all)`` as each
+            episode ends (a progress display).
 
     Returns:
         One group per scenario, in order, each with G trajectories in order.
     """
     limiter = anyio.CapacityLimiter(max_concurrency)
     slots: list[list[Trajectory | None]] = [[None] * num_generations for _ in scenarios]
+    total, done = len(scenarios) * num_generations, 0
 
     async def play(i: int, j: int) -> None:
+        nonlocal done
         async with limiter:
             slots[i][j] = await run_episode(
                 agent, env, scenarios[i], seed=seed + i * num_generations + j, sampling=sampling
             )
+        done += 1
+        if on_episode is not None:
+            on_episode(done, total)
 
     async with anyio.create_task_group() as tg:
         for i in range(len(scenarios)):

@@ -28,7 +28,9 @@ from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import Timeout, TurnLimit
-from turnrl.logging import MetricsLogger, ensure_logging, read_metrics
+from turnrl.logging import MetricsLogger, ensure_logging
+from turnrl.progress import Progress
+from turnrl.report import load_run_metrics, plot_run
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
 from turnrl.training.batch import build_batch
@@ -155,6 +157,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.json")
         self.step_count = 0
+        self.progress = Progress(0, enabled=False)  # train() draws the real one
         self._nonfinite_streak = 0
         self._order: list[int] = []
         self._rng = random.Random(self.config.run.seed)
@@ -187,24 +190,35 @@ class Trainer:
     async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
         eval_before = eval_after = None
-        if self.eval_scenarios and self.resumed_from is None:
-            # .get: when every eval episode failed there is no mean (None, logged).
-            eval_before = (await self.evaluate()).get("eval/reward_mean")
-            self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
-        every_ckpt = self.config.run.checkpoint_every
-        while self.step_count < self.config.run.max_steps:
-            metrics = await self.step()
-            every, last = self.config.eval.every, self.step_count == self.config.run.max_steps
-            if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
-                metrics |= await self.evaluate()
-                eval_after = metrics.get("eval/reward_mean")
-            echo = self.step_count % self.config.run.log_every == 0 or last
-            self.metrics.log(self.step_count, metrics, echo=echo)
-            if every_ckpt and (last or self.step_count % every_ckpt == 0):
-                self.save_checkpoint()
-        if self.config.run.save_final:
+        run = self.config.run
+        self.progress = Progress(
+            run.max_steps,
+            initial=self.step_count,
+            enabled=run.progress if self.dist.is_main else False,
+        )
+        try:
+            if self.eval_scenarios and self.resumed_from is None:
+                # .get: when every eval episode failed there is no mean (None, logged).
+                eval_before = (await self.evaluate()).get("eval/reward_mean")
+                self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
+            while self.step_count < run.max_steps:
+                metrics = await self.step()
+                every, last = self.config.eval.every, self.step_count == run.max_steps
+                if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
+                    metrics |= await self.evaluate()
+                    eval_after = metrics.get("eval/reward_mean")
+                echo = self.step_count % run.log_every == 0 or last
+                self.metrics.log(self.step_count, metrics, echo=echo)
+                self.progress.step_done(metrics)
+                if run.checkpoint_every and (last or self.step_count % run.checkpoint_every == 0):
+                    self.save_checkpoint()
+        finally:
+            self.progress.close()
+        if run.save_final:
             self.save(self.run_dir / "final")
         self.metrics.close()
+        if run.plot and self.dist.is_main:
+            self._plot()
         summary = {
             "eval_before": eval_before,
             "eval_after": eval_after,
@@ -271,6 +285,13 @@ class Trainer:
         )
         return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
 
+    def _plot(self) -> None:
+        """Draw metrics.png; a missing matplotlib or a plotting error never fails the run."""
+        try:
+            plot_run(self.run_dir)
+        except Exception as e:  # the run is done and saved; the picture is a bonus
+            log.warning("plot_skipped", reason=f"{type(e).__name__}: {e}")
+
     def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
         """Score, estimate and update on ``groups``."""
         batch = build_batch(
@@ -287,6 +308,7 @@ class Trainer:
             seed=self.config.run.seed * 1_000_003 + self.step_count,
             ctx=self.dist,
             wrapped=self.wrapped,
+            on_micro_batch=lambda done, total: self.progress.phase("update", done, total),
         )
 
     async def collect_groups(self) -> list[TrajectoryGroup]:
@@ -299,6 +321,7 @@ class Trainer:
             max_concurrency=self.config.rollout.max_concurrency,
             seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
             sampling=self.sampling,
+            on_episode=lambda done, total: self.progress.phase("rollout", done, total),
         )
 
     async def evaluate(
@@ -327,10 +350,12 @@ class Trainer:
             max_concurrency=self.config.rollout.max_concurrency,
             seed=10**9 + self.config.run.seed,
             sampling=sampling,
+            on_episode=lambda done, total: self.progress.phase("eval", done, total),
         )
         await score_groups(groups, self.rewards)
         if save_samples and self.dist.is_main:
             save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
+            self.metrics.log_samples(self.step_count, flatten(groups), table="eval/samples")
         metrics = rollout_metrics(groups, prefix="eval")
         return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
 
@@ -356,7 +381,7 @@ class Trainer:
         step = load_checkpoint(self, path)
         metrics_file = self.run_dir / "metrics.jsonl"
         if self.dist.is_main and metrics_file.exists():
-            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= step]
+            kept = [r for r in load_run_metrics(self.run_dir) if r["step"] <= step]
             metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         log.info("resumed", step=step, checkpoint=str(path))
         return path
@@ -435,6 +460,9 @@ class _NoMetrics:
 
     def log(self, step: int, metrics: dict[str, Any], *, echo: bool = True) -> None:
         """Drop the record."""
+
+    def log_samples(self, step: int, trajectories: Sequence[Any], *, table: str) -> None:
+        """Drop the samples."""
 
     def close(self) -> None:
         """Nothing to close."""

@@ -306,6 +306,7 @@ def policy_update(
     seed: int = 0,
     ctx: DistributedContext | None = None,
     wrapped: tuple[torch.nn.Module, torch.nn.Module | None] | None = None,
+    on_micro_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Optimizer steps on a scored, estimated batch.
 
@@ -322,6 +323,8 @@ def policy_update(
             DDP-averaged gradient is that of the loss over all ranks' groups.
         wrapped: The DDP-wrapped ``(policy, value_model)`` to run forward
             passes through (default: the plain modules).
+        on_micro_batch: Called with ``(micro-batches done, expected in all)``
+            after each backward pass (a progress display).
 
     Returns:
         Metrics averaged over the optimizer steps (``loss/*``, ``train/*``);
@@ -337,6 +340,8 @@ def policy_update(
     generator = torch.Generator().manual_seed(seed) if algo.num_minibatches > 1 else None
     totals: dict[str, float] = defaultdict(float)
     norms, skipped, steps = [], 0, 0
+    passes_per_step = algo.num_iterations * algo.num_minibatches
+    done = 0
     policy.train()
     for _ in range(algo.num_iterations):
         for rows in minibatches(batch, algo.num_minibatches, generator):
@@ -365,6 +370,9 @@ def policy_update(
                         optim.scaler.scale(loss * ctx.world_size).backward()
                 for key, value in parts.items():
                     totals[key] += value * (ctx.world_size if key.startswith("loss/") else 1)
+                done += 1
+                if on_micro_batch is not None:
+                    on_micro_batch(done, max(done, passes_per_step * len(chunks)))
             with record_function("turnrl/optimizer_step"):
                 norm, was_skipped = _optimizer_step(optim, opt.max_grad_norm)
             norms.append(norm)

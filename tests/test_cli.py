@@ -1,0 +1,161 @@
+"""The CLI end to end on the tiny model: train, dry-run, eval, report, chat, export."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from turnrl.cli import build_parser, main
+from turnrl.training.checkpoint import latest_checkpoint
+
+ROOT = Path(__file__).parent.parent
+CONFIG = "examples/configs/arithmetic_data.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 2-step `turnrl train` run with a checkpoint, shared by the tests below."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.chdir(ROOT)
+    try:
+        code = main(
+            [
+                "train",
+                CONFIG,
+                "--set",
+                "run.max_steps=2",
+                "--set",
+                f"run.output_dir={run}",
+                "--set",
+                "run.checkpoint_every=2",
+            ]
+        )
+    finally:
+        mp.undo()
+    assert code == 0
+    return run
+
+
+def test_train_writes_a_complete_run(trained_run):
+    lines = (trained_run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[-1]["eval/reward_mean"] is not None
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["environment"]["target"].endswith(":ArithmeticEnvironment")
+    assert config["rollout"]["scenarios_per_step"] == 4  # from the file, over the profile
+    assert config["algorithm"]["beta"] == 0.1  # from the file's profile (conservative)
+    png = (trained_run / "metrics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    model = AutoModelForCausalLM.from_pretrained(trained_run / "final")
+    assert model.num_parameters() > 1_000_000
+
+
+def test_dry_run_builds_everything_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out_dir = tmp_path / "never"
+    code = main(["train", CONFIG, "--dry-run", "--set", f"run.output_dir={out_dir}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "one group" in out and "4 episodes" in out
+    assert "16 train, 4 held out" in out and "numeric_match x0.5" in out
+    assert not out_dir.exists()
+
+
+def test_eval_on_the_run_and_on_its_checkpoint(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--num-generations", "1"]) == 0
+    results = json.loads((trained_run / "eval" / "eval_results.json").read_text())
+    assert results["scenarios"] == 4 and 0.0 <= results["eval/reward_mean"] <= 1.0
+    assert (trained_run / "eval" / "eval_samples.jsonl").exists()
+    checkpoint = latest_checkpoint(trained_run)
+    out = tmp = trained_run / "eval-ckpt"
+    assert main(["eval", str(checkpoint), "--greedy", "--output", str(tmp)]) == 0
+    assert json.loads((out / "eval_results.json").read_text())["model"] == str(checkpoint)
+    assert "reward_mean" in capsys.readouterr().out
+
+
+def test_checkpoint_and_final_hold_the_same_policy(trained_run):
+    from turnrl.training.export import load_policy
+
+    final = load_policy(trained_run / "final").model
+    checkpoint = load_policy(latest_checkpoint(trained_run)).model
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(final(ids).logits, checkpoint(ids).logits)
+
+
+def test_report_prints_a_summary_and_redraws_the_plot(trained_run, capsys, tmp_path):
+    png = tmp_path / "plot.png"
+    assert main(["report", str(trained_run), "--output", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "eval reward, best" in out and "grpo" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chat_answers_each_line(trained_run, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2+3?\n/reset\nhello\n/quit\nnever\n"))
+    assert main(["chat", str(trained_run), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant> ") == 2  # two messages; /reset is a command; /quit stops
+
+
+def test_export_from_a_checkpoint_loads_with_transformers(trained_run, tmp_path):
+    out = tmp_path / "hf"
+    assert main(["export", str(latest_checkpoint(trained_run)), str(out)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    final = AutoModelForCausalLM.from_pretrained(trained_run / "final")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(exported(ids).logits, final(ids).logits)
+    assert (out / "tokenizer_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "optim.lrr=1"], "optim.lrr"),
+        (["--set", "optim.lr=-1"], "optim.lr"),
+        (["--set", "optim.lr"], "KEY=VALUE"),
+        (["--set", "environment.target=turnrl.nowhere:Env"], "turnrl.nowhere"),
+        (
+            ["--set", "environment={target: 'builtins:dict', args: null}"],
+            "built a dict, not a turnrl Environment",
+        ),
+        (
+            ["--set", "environment={target: 'turnrl.rewards:exact_match', args: null}"],
+            "environment is built with scenarios=",
+        ),
+        (["--set", "model.path=/no/such/model"], "/no/such/model"),
+        (["--set", "scenarios.train=/no/such/data.jsonl"], "/no/such/data.jsonl"),
+        (["--set", "rewards=[{target: 'turnrl.rewards:nothing'}]"], "rewards[0]"),
+    ],
+)
+def test_bad_input_is_one_clear_error(args, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    code = main(["train", CONFIG, "--dry-run", "--set", f"run.output_dir={tmp_path}/x", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "turnrl train: error:" in err and message in err
+
+
+def test_missing_experiment_file(capsys):
+    assert main(["train", "no/such/file.yaml"]) == 2
+    assert "no/such/file.yaml" in capsys.readouterr().err
+
+
+def test_eval_of_a_script_run_asks_for_the_config(tmp_path, capsys, tiny_agent):
+    tiny_agent.model.save_pretrained(tmp_path / "run" / "final")
+    tiny_agent.tokenizer.save_pretrained(tmp_path / "run" / "final")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"run": {}}))
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "report", "chat", "export"])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert len(capsys.readouterr().out) > 200
