@@ -6,6 +6,7 @@ import json
 import pytest
 
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
+from turnrl.logging import configure_logging
 from turnrl.progress import Progress
 from turnrl.training.config import TrainingConfig
 from turnrl.training.trainer import Trainer
@@ -61,6 +62,7 @@ async def test_wandb_offline_writes_a_run_with_config_and_sample_tables(
 async def test_progress_bar_follows_rollout_update_and_eval(tiny_agent, tmp_path, monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
+    configure_logging("INFO")  # another test may have raised the level
     scenarios = make_scenarios(n=6)
     cfg = config(tmp_path, wandb=False, progress=True)
     trainer = Trainer(

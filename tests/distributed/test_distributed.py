@@ -98,6 +98,7 @@ def test_two_process_training_run_writes_once(tiny_path, tmp_path):
         "eval_samples.jsonl",
         "final",
         "metrics.jsonl",
+        "metrics.png",
     ]
 
 
