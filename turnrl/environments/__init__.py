@@ -14,6 +14,9 @@ from turnrl.environments.conversation import (
     ConversationEnvironment,
     ScriptedUser,
     SimulatedUser,
+    freeze,
+    frozen_copy,
+    is_frozen,
 )
 from turnrl.environments.wrappers import EnvTimeoutError, Timeout, TurnLimit, Wrapper
 
@@ -31,5 +34,8 @@ __all__ = [
     "TurnLimit",
     "Wrapper",
     "check_env",
+    "freeze",
+    "frozen_copy",
+    "is_frozen",
     "scenario_from_options",
 ]

@@ -11,7 +11,7 @@ simulated user replies. The user can be:
 * another agent, :class:`AgentUser`: anything with
   ``async respond(conversation) -> Turn`` (for example a frozen model). It
   sees the conversation from its side: roles flipped, system messages replaced
-  by a persona.
+  by a persona, taken per scenario from ``scenario.data["persona"]``.
 
 The raw forms (a list of strings, a function, an agent) are converted to these
 classes, so ``ConversationEnvironment(scenarios, ["Thanks!", "Bye"])`` works.
@@ -31,6 +31,19 @@ Choices, and why:
 * The user ending the conversation *terminates* the episode (the task's own
   end); ``max_turns`` *truncates* it, with the same rule as
   :class:`~turnrl.environments.wrappers.TurnLimit`.
+* A model playing the user is frozen: it is part of the environment, and an
+  environment that moves with the policy is no fixed target (the user could
+  learn to be easy to please). :class:`AgentUser` therefore refuses a model
+  with trainable parameters unless told ``frozen=False`` (self-play on
+  purpose). :func:`frozen_copy` makes a frozen, separate copy of an agent
+  (its own weights and generation engine, ``requires_grad`` off, eval mode),
+  so the trainer's updates of the policy never reach it; a different model,
+  loaded on its own, is frozen in place with :func:`freeze`. Generation never
+  builds a graph (the engine runs under ``no_grad``), so no gradient reaches
+  the user either way; freezing makes the separation explicit and checked.
+* The user's reply is a plain ``user`` message (content only, no token ids):
+  the policy tokenizes it as environment text, so the loss mask is 0 on it,
+  like on any user or tool message.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from numbers import Real
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -48,6 +61,10 @@ from turnrl.agents.base import Agent
 from turnrl.environments.base import Environment, StepResult, scenario_from_options
 from turnrl.environments.wrappers import apply_turn_limit, check_max_turns
 from turnrl.types import Message, Scenario
+
+if TYPE_CHECKING:
+    from turnrl.agents.engine import SamplingParams
+    from turnrl.agents.transformers import TransformersAgent
 
 log = structlog.get_logger(__name__)
 
@@ -145,18 +162,84 @@ def flip_roles(conversation: Sequence[Message], persona: str | None = None) -> l
     return flipped
 
 
+def is_frozen(agent: object) -> bool:
+    """Whether no parameter of ``agent.model`` requires a gradient.
+
+    Agents without a ``model`` (fakes, scripted or remote agents) count as
+    frozen: nothing of theirs can be trained here.
+    """
+    parameters = getattr(getattr(agent, "model", None), "parameters", None)
+    return parameters is None or not any(p.requires_grad for p in parameters())
+
+
+def freeze(agent: TransformersAgent) -> TransformersAgent:
+    """Freeze ``agent.model`` in place (eval mode, ``requires_grad`` off); returns ``agent``.
+
+    For a model loaded on its own, never the policy: freezing the policy's
+    model would stop its training. Use :func:`frozen_copy` for a copy of it.
+    """
+    agent.model.eval().requires_grad_(False)
+    return agent
+
+
+def frozen_copy(
+    agent: TransformersAgent, *, sampling: SamplingParams | None = None
+) -> TransformersAgent:
+    """A frozen copy of ``agent``: its own weights and engine, never trained.
+
+    The copy is taken now: later updates of ``agent``'s model do not reach it.
+    The tokenizer is shared (it is not modified). Costs one more copy of the
+    weights in memory.
+
+    Args:
+        agent: The agent to copy, typically the policy before training.
+        sampling: The copy's default sampling (default: ``agent``'s).
+
+    Returns:
+        A new ``TransformersAgent`` with a deep-copied, frozen model.
+    """
+    from turnrl.agents.transformers import TransformersAgent
+
+    model = copy.deepcopy(agent.model).eval().requires_grad_(False)
+    return TransformersAgent(
+        model,
+        agent.tokenizer,
+        sampling=sampling or agent.sampling,
+        max_batch_size=agent.engine.max_batch_size,
+    )
+
+
 class AgentUser:
     """Replies with another agent, which sees the conversation with roles flipped.
+
+    The persona (the user model's system prompt) is chosen per scenario:
+    ``scenario.data["persona"]`` if present, else the default ``persona``.
+    The reply is a ``user`` message with the agent's text only.
 
     Args:
         agent: Anything with ``async respond(conversation) -> Turn``.
         persona: Default persona (system prompt) for scenarios whose
             ``data`` has no ``"persona"``.
+        frozen: Require the agent's model (if it has one) to be frozen, see
+            :func:`frozen_copy` and :func:`freeze`. ``False`` lets the user
+            share the policy's changing weights (self-play).
+
+    Raises:
+        TypeError: ``agent`` is not an Agent.
+        ValueError: ``frozen`` is True and the agent's model has trainable
+            parameters.
     """
 
-    def __init__(self, agent: Agent, *, persona: str | None = None) -> None:
+    def __init__(self, agent: Agent, *, persona: str | None = None, frozen: bool = True) -> None:
         if not isinstance(agent, Agent):
             raise TypeError(f"AgentUser takes an Agent (async respond), got {type(agent).__name__}")
+        if frozen and not is_frozen(agent):
+            raise ValueError(
+                "the simulated user's model has trainable parameters; a user that shares the "
+                "policy's weights changes with every update. Pass AgentUser(frozen_copy(agent)) "
+                "for a frozen copy, freeze(agent) for a model loaded on its own, or "
+                "frozen=False for self-play on purpose"
+            )
         self.agent = agent
         self.persona = persona
 

@@ -12,19 +12,27 @@ from turnrl.rewards.base import (
     group_reward_function,
     reward_function,
 )
+from turnrl.rewards.batching import CallBatcher
 from turnrl.rewards.builtin import exact_match, length_penalty, numeric_match, regex_format
 from turnrl.rewards.combine import WeightedReward, combine, score_groups
+from turnrl.rewards.judge import ModelJudge, RubricJudge, matches, mentions, transcript
 
 __all__ = [
+    "CallBatcher",
+    "ModelJudge",
     "RewardFunction",
     "RewardResult",
+    "RubricJudge",
     "WeightedReward",
     "combine",
     "exact_match",
     "group_reward_function",
     "length_penalty",
+    "matches",
+    "mentions",
     "numeric_match",
     "regex_format",
     "reward_function",
     "score_groups",
+    "transcript",
 ]
