@@ -35,7 +35,8 @@ async def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     held_out, train = demo_scenarios(seed=args.seed)
     start = Path(args.cache) / (
-        f"warm-{args.warmstart_steps}-{args.retry_fraction}-{args.warmstart_lr}-seed{args.seed}"
+        f"warm-{args.warmstart_steps}-{args.retry_fraction}-{args.warmstart_lr}-{args.train_on}"
+        f"-seed{args.seed}"
     )
     if not (start / "config.json").exists():
         agent = TransformersAgent.from_pretrained(tiny_model_path())
@@ -48,7 +49,7 @@ async def main(args: argparse.Namespace) -> dict:
             batch_size=64,
             seed=args.seed,
             log_every=100,
-            train_on="last",
+            train_on=args.train_on,
         )
         agent.model.save_pretrained(start)
         agent.tokenizer.save_pretrained(start)
@@ -87,6 +88,9 @@ if __name__ == "__main__":
     parser.add_argument("--scale-rewards", default=None, help="group | batch | none")
     parser.add_argument("--warmstart-lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-on", default="last", help="warm-start on the last (correct) answer or all"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default="runs/calibration-cache")
     parser.add_argument("--output", default="runs/calibration")

@@ -10,10 +10,12 @@ from turnrl.environments import (
     ConversationEnvironment,
     Environment,
     StepResult,
+    ToolEnvironment,
     TurnLimit,
     check_env,
 )
 from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
+from turnrl.tools import Tool, tool
 from turnrl.training.config import TrainingConfig
 from turnrl.training.trainer import Trainer
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
@@ -31,6 +33,8 @@ __all__ = [
     "SamplingParams",
     "Scenario",
     "StepResult",
+    "Tool",
+    "ToolEnvironment",
     "Trainer",
     "TrainingConfig",
     "Trajectory",
@@ -41,4 +45,5 @@ __all__ = [
     "check_env",
     "combine",
     "reward_function",
+    "tool",
 ]

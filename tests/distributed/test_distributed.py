@@ -71,7 +71,6 @@ def groups_file(tiny_path, tmp_path_factory):
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["grpo", "gvpo"])
 def test_two_ranks_make_the_single_process_update(groups_file, tmp_path, estimator):
     single, double = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
@@ -85,7 +84,6 @@ def test_two_ranks_make_the_single_process_update(groups_file, tmp_path, estimat
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.slow
 def test_two_process_training_run_writes_once(tiny_path, tmp_path):
     run_dir = tmp_path / "run"
     done = run(["train", run_dir], nproc=2)
@@ -102,7 +100,6 @@ def test_two_process_training_run_writes_once(tiny_path, tmp_path):
     ]
 
 
-@pytest.mark.slow
 def test_a_failing_rank_ends_the_job_with_its_error(tiny_path, tmp_path):
     start = time.monotonic()
     done = run(["fail", tmp_path / "run"], nproc=2, timeout=240)

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from turnrl.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -38,7 +37,6 @@ def wait_for_first_checkpoint(run_dir, process, limit=120):
         time.sleep(0.05)
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_the_latest_checkpoint(tiny_path, tmp_path):
     run_dir = tmp_path / "run"
     rng = random.Random(0)

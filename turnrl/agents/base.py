@@ -3,6 +3,13 @@
 An agent turns a conversation into its next assistant ``Turn``. Implementations
 must not block the event loop: model work runs in a worker thread, and many
 episodes call ``respond`` concurrently (see ``turnrl.agents.engine``).
+
+Tools are optional: an agent that can render tool schemas into its prompt
+takes them as a keyword, ``respond(conversation, tools=[schema, ...])``. The
+rollout passes ``tools=`` only when the environment offers tools and the
+agent's ``respond`` accepts the keyword, so agents written without tools keep
+working (they see the tools only if the environment describes them in a
+message).
 """
 
 from __future__ import annotations

@@ -15,11 +15,23 @@ trip does not guarantee. This needs a chat template whose rendering of a
 longer conversation extends the rendering of a shorter one; templates that
 rewrite earlier turns (some strip past reasoning) are reported with a clear
 error.
+
+Tools. ``respond(conversation, tools=[schema, ...])`` renders the tools' JSON
+schemas into the prompt through the template (``apply_chat_template(...,
+tools=...)``), as transformers does; the rollout passes them when the
+environment offers tools (``env.tools``). The same tools must be passed on
+every turn of an episode, or the rendering of earlier turns changes. A
+template that ignores ``tools`` (the embedded tiny model's) renders nothing:
+check :attr:`TransformersAgent.renders_tools` and describe the tools in a
+system message instead (``ToolEnvironment(..., describe_tools=True)``).
+Tool calls stay text inside the assistant message's content, so their tokens
+are kept and trained like any other sampled tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +40,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from turnrl.agents.engine import GenerationEngine, SamplingParams
 from turnrl.types import Message, Turn
+
+Tools = Sequence[dict[str, Any]] | None
 
 
 class ChatTemplateError(ValueError):
@@ -109,10 +123,21 @@ class TransformersAgent:
         return cls(model.to(device), tokenizer, **kwargs)
 
     async def respond(
-        self, conversation: Sequence[Message], *, sampling: SamplingParams | None = None
+        self,
+        conversation: Sequence[Message],
+        *,
+        sampling: SamplingParams | None = None,
+        tools: Tools = None,
     ) -> Turn:
-        """Sample the next assistant turn (batched with concurrent callers)."""
-        prompt_ids = self.encode(conversation)
+        """Sample the next assistant turn (batched with concurrent callers).
+
+        Args:
+            conversation: The messages so far.
+            sampling: Sampling settings (default: the agent's own).
+            tools: JSON schemas of the tools on offer, rendered by the chat
+                template (see the module docstring).
+        """
+        prompt_ids = self.encode(conversation, tools=tools)
         completion = await self.engine.generate(prompt_ids, sampling or self.sampling)
         text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
         return Turn(
@@ -123,21 +148,53 @@ class TransformersAgent:
             finish_reason=completion.finish_reason,
         )
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
-        """The chat template's text for ``messages``."""
+    def render(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool, tools: Tools = None
+    ) -> str:
+        """The chat template's text for ``messages`` (and ``tools``, if given)."""
+        extra = {} if tools is None else {"tools": list(tools)}
         return self.tokenizer.apply_chat_template(
             [m.to_chat() for m in messages],
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **extra,
         )
+
+    @cached_property
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders ``tools=`` into the prompt.
+
+        Found by rendering a conversation with and without a probe tool. When
+        False, tools must be described in a system message.
+        """
+        probe = {
+            "type": "function",
+            "function": {
+                "name": "probe",
+                "description": "Probe.",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+        messages = [Message(role="user", content="hi")]
+        plain = self.render(messages, add_generation_prompt=True)
+        try:
+            return self.render(messages, add_generation_prompt=True, tools=[probe]) != plain
+        except Exception:  # a template that chokes on tools does not support them
+            return False
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
     def encode(
-        self, conversation: Sequence[Message], *, add_generation_prompt: bool = True
+        self,
+        conversation: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Tools = None,
     ) -> list[int]:
         """Token ids of ``conversation``, re-using sampled assistant tokens.
+
+        ``tools`` (JSON schemas) are passed to the chat template.
 
         Raises:
             ChatTemplateError: The template renders a longer conversation in a
@@ -149,18 +206,18 @@ class TransformersAgent:
         for i, message in enumerate(messages):
             if message.role != "assistant" or message.token_ids is None:
                 continue
-            before = self.render(messages[:i], add_generation_prompt=True)
+            before = self.render(messages[:i], add_generation_prompt=True, tools=tools)
             ids += self._tokenize(self._extension(done, before))
             ids += message.token_ids
             done = before + message.content
-            after = self.render(messages[: i + 1], add_generation_prompt=False)
+            after = self.render(messages[: i + 1], add_generation_prompt=False, tools=tools)
             self._extension(done, after)  # checks the template keeps the content verbatim
             if message.token_ids and message.token_ids[-1] in self.eos_token_ids:
                 # The sampled eos already closes the turn; skip the template's copy of it.
                 eos_text = self.tokenizer.decode(message.token_ids[-1:])
                 if after[len(done) :].startswith(eos_text):
                     done += eos_text
-        final = self.render(messages, add_generation_prompt=add_generation_prompt)
+        final = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         return ids + self._tokenize(self._extension(done, final))
 
     @staticmethod

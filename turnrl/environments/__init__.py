@@ -2,6 +2,7 @@
 
 ``Environment`` is the async, Gymnasium-shaped contract; wrappers add limits;
 ``ConversationEnvironment`` plays scenarios against a simulated user;
+``ToolEnvironment`` runs tool calls until a final answer;
 ``check_env`` verifies any environment against the contract. Built-in tasks
 live in ``turnrl.environments.tasks``.
 """
@@ -18,6 +19,7 @@ from turnrl.environments.conversation import (
     frozen_copy,
     is_frozen,
 )
+from turnrl.environments.tools import ToolEnvironment, exact_answer
 from turnrl.environments.wrappers import EnvTimeoutError, Timeout, TurnLimit, Wrapper
 
 __all__ = [
@@ -31,9 +33,11 @@ __all__ = [
     "SimulatedUser",
     "StepResult",
     "Timeout",
+    "ToolEnvironment",
     "TurnLimit",
     "Wrapper",
     "check_env",
+    "exact_answer",
     "freeze",
     "frozen_copy",
     "is_frozen",

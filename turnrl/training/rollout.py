@@ -10,10 +10,22 @@ trajectory (``error`` set, logged once with its scenario id) and dropped
 later; it never takes the step down with it. An episode whose conversation
 outgrows the model's context ends there, truncated (GAE bootstraps), and is
 counted in ``rollout/context_overflow``.
+
+Tools. After ``reset``, the tools the episode's environment offers
+(``env.tools``: :class:`~turnrl.tools.Tool` objects or JSON schemas, looked
+up through wrappers) are passed to every ``agent.respond(..., tools=...)`` of
+the episode, if the agent's ``respond`` takes a ``tools`` keyword. The counts
+``tool_calls`` and ``tool_errors`` of the step infos are summed over the
+episode and kept on ``trajectory.info`` under the same names (replacing the
+last step's own counts), which :func:`rollout_metrics` reports as
+``rollout/tool_calls``, ``rollout/tool_errors`` (means per episode) and
+``rollout/tool_use_frac`` (episodes with at least one call), for environments
+that report them.
 """
 
 from __future__ import annotations
 
+import inspect
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,9 +36,13 @@ import structlog
 from turnrl.agents.base import Agent
 from turnrl.agents.engine import ContextOverflowError, SamplingParams
 from turnrl.environments.base import Environment
+from turnrl.environments.wrappers import Wrapper
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, flatten
 
 log = structlog.get_logger(__name__)
+
+# Per-step info counts summed over an episode (see the module docstring).
+EPISODE_COUNTS = ("tool_calls", "tool_errors")
 
 
 async def run_episode(
@@ -45,18 +61,19 @@ async def run_episode(
     """
     trajectory = Trajectory(scenario=scenario)
     episode_env: Environment | None = None
+    counts: dict[str, float] = {}
     try:
         episode_env = env.clone()
         observation, info = await episode_env.reset(seed=seed, options={"scenario": scenario})
         trajectory.initial_messages = list(observation)
         conversation: list[Message] = list(observation)
+        kwargs: dict[str, Any] = {} if sampling is None else {"sampling": sampling}
+        tools = offered_tools(episode_env)
+        if tools and _takes_keyword(agent.respond, "tools"):
+            kwargs["tools"] = tools
         while True:
             try:
-                turn = await (
-                    agent.respond(conversation)
-                    if sampling is None
-                    else agent.respond(conversation, sampling=sampling)  # type: ignore[call-arg]
-                )
+                turn = await agent.respond(conversation, **kwargs)
             except ContextOverflowError:
                 if not trajectory.turns:
                     raise  # not even the opening fits: nothing to learn from
@@ -69,10 +86,14 @@ async def run_episode(
             trajectory.env_messages.append(list(observation))
             trajectory.env_rewards.append(float(reward))
             conversation += [turn.message, *observation]
+            for key in EPISODE_COUNTS:
+                if isinstance(info, dict) and isinstance(info.get(key), int | float):
+                    counts[key] = counts.get(key, 0) + info[key]
             if terminated or truncated:
                 trajectory.terminated, trajectory.truncated = bool(terminated), bool(truncated)
                 trajectory.info = _jsonable(info)
                 break
+        trajectory.info |= counts
     except Exception as e:  # user code: any failure drops this episode only
         trajectory.error = f"{type(e).__name__}: {e}"
         log.warning("episode_failed", scenario_id=scenario.id, error=trajectory.error)
@@ -167,6 +188,7 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
                 sum(not turn.message.content.strip() for ts in turns for turn in ts)
             ),
         }
+        metrics |= _tool_metrics(ok, prefix)
         components: dict[str, list[float]] = {}
         for t in ok:
             for name, value in t.reward_components.items():
@@ -174,6 +196,41 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
         for name, values in components.items():
             metrics[f"{prefix}/reward/{name}"] = statistics.fmean(values)
     return metrics
+
+
+def _tool_metrics(ok: Sequence[Trajectory], prefix: str) -> dict[str, float]:
+    """Tool-call counts per episode, for environments that report them."""
+    if not any("tool_calls" in t.info for t in ok):
+        return {}
+    calls = [float(t.info.get("tool_calls", 0)) for t in ok]
+    return {
+        f"{prefix}/tool_calls": statistics.fmean(calls),
+        f"{prefix}/tool_errors": statistics.fmean(float(t.info.get("tool_errors", 0)) for t in ok),
+        f"{prefix}/tool_use_frac": statistics.fmean(float(c > 0) for c in calls),
+    }
+
+
+def offered_tools(env: Environment) -> list[dict[str, Any]] | None:
+    """JSON schemas of the tools ``env`` offers (``env.tools``, looked up through wrappers).
+
+    Returns:
+        The schemas, or ``None`` when the environment offers no tools.
+    """
+    tools = getattr(env, "tools", None)
+    while tools is None and isinstance(env, Wrapper):
+        env = env.env
+        tools = getattr(env, "tools", None)
+    if not tools:
+        return None
+    return [t if isinstance(t, dict) else t.schema for t in tools]
+
+
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _jsonable(info: Any) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from turnrl.environments.tasks.arithmetic import (
     question_text,
     split_scenarios,
 )
+from turnrl.environments.tasks.calculator import calculator_env
 
 __all__ = [
     "ArithmeticEnvironment",
+    "calculator_env",
     "demonstration",
     "demonstrations",
     "make_scenarios",
