@@ -347,6 +347,12 @@ async def test_tools_rendered_by_a_template_that_declares_them(tiny_agent):
         return_assistant_tokens_mask=True,
     )
     assert batch.loss_mask[0].long().tolist() == reference["assistant_masks"]
+    # A demonstration of the same conversation gets the same prompts when given the tools.
+    plain = [Message(role=m.role, content=m.content) for m in trajectory.conversation]
+    demo = trajectory_from_messages(tiny_agent, plain, tools=env.tools)
+    assert [t.prompt_ids for t in demo.turns] == [t.prompt_ids for t in trajectory.turns]
+    without = trajectory_from_messages(tiny_agent, plain)
+    assert without.turns[0].prompt_ids != trajectory.turns[0].prompt_ids
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
@@ -35,6 +36,7 @@ def trajectory_from_messages(
     *,
     scenario: Scenario | None = None,
     reward: float | None = None,
+    tools: Sequence[Any] | None = None,
 ) -> Trajectory:
     """A trajectory for ``messages`` with tokenized assistant turns.
 
@@ -44,11 +46,15 @@ def trajectory_from_messages(
         scenario: The scenario it belongs to (default: one built from the
             messages before the first assistant turn).
         reward: Its reward, if known.
+        tools: The tools on offer (:class:`~turnrl.tools.Tool` objects or JSON
+            schemas), rendered into every prompt by the chat template as in a
+            rollout of a tool environment (pass ``env.tools``).
 
     Raises:
         ValueError: The conversation has no assistant message.
     """
     messages = list(messages)
+    schemas = None if not tools else [t if isinstance(t, dict) else t.schema for t in tools]
     first = next((i for i, m in enumerate(messages) if m.role == "assistant"), None)
     if first is None:
         raise ValueError("the conversation has no assistant message to learn from")
@@ -66,7 +72,11 @@ def trajectory_from_messages(
             ids = [*agent.tokenizer(message.content, add_special_tokens=False).input_ids, eos]
         sampled = Message(role="assistant", content=message.content, token_ids=list(ids))
         trajectory.turns.append(
-            Turn(message=sampled, prompt_ids=agent.encode(conversation), completion_ids=list(ids))
+            Turn(
+                message=sampled,
+                prompt_ids=agent.encode(conversation, tools=schemas),
+                completion_ids=list(ids),
+            )
         )
         trajectory.env_messages.append([])
         trajectory.env_rewards.append(0.0)

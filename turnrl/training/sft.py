@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 import torch
@@ -37,6 +37,7 @@ def supervised_warmstart(
     log_every: int = 50,
     train_on: Literal["all", "last"] = "all",
     micro_batch_size: int = 16,
+    tools: Sequence[Any] | None = None,
 ) -> list[float]:
     """Fine-tune ``agent.model`` on the assistant turns of ``conversations``.
 
@@ -52,13 +53,17 @@ def supervised_warmstart(
             conversation (earlier turns are context, e.g. wrong attempts).
         micro_batch_size: Conversations per forward/backward (gradients
             accumulate over a step's micro-batches).
+        tools: The tools rollouts will offer (``env.tools``), so that the
+            demonstrations' prompts render them as the rollouts' will. Only
+            matters for chat templates that render tools
+            (``agent.renders_tools``).
 
     Returns:
         The loss of every step.
     """
     if not conversations:
         raise ValueError("no demonstrations to warm-start on")
-    trajectories = [trajectory_from_messages(agent, c) for c in conversations]
+    trajectories = [trajectory_from_messages(agent, c, tools=tools) for c in conversations]
     groups = [TrajectoryGroup(scenario=t.scenario, trajectories=[t]) for t in trajectories]
     model = agent.model
     device = next(model.parameters()).device
