@@ -36,11 +36,17 @@ async def main(args: argparse.Namespace) -> dict:
     held_out, train = demo_scenarios(seed=args.seed)
     start = Path(args.cache) / (
         f"warm-{args.warmstart_steps}-{args.retry_fraction}-{args.warmstart_lr}-{args.train_on}"
-        f"-seed{args.seed}"
+        f"-noise{args.label_noise}-{args.mistake}-seed{args.seed}"
     )
     if not (start / "config.json").exists():
         agent = TransformersAgent.from_pretrained(tiny_model_path())
-        demos = demonstrations(train, retry_fraction=args.retry_fraction, seed=args.seed)
+        demos = demonstrations(
+            train,
+            retry_fraction=args.retry_fraction,
+            label_noise=args.label_noise,
+            mistake=args.mistake,
+            seed=args.seed,
+        )
         supervised_warmstart(
             agent,
             demos,
@@ -88,6 +94,8 @@ if __name__ == "__main__":
     parser.add_argument("--scale-rewards", default=None, help="group | batch | none")
     parser.add_argument("--warmstart-lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-noise", type=float, default=0.0)
+    parser.add_argument("--mistake", default="near", help="near | plus_ten")
     parser.add_argument(
         "--train-on", default="last", help="warm-start on the last (correct) answer or all"
     )

@@ -3,8 +3,11 @@
 Each setting runs in its own process (so ``ru_maxrss`` is that run's peak): the
 ~10M-parameter tiny model (``build_tiny_model("10m")``), arithmetic episodes,
 B = 8 x G = 8, beta 0.04 (a reference model is needed), a few training steps.
+``--hidden-size`` and ``--layers`` widen and deepen the same architecture, to
+see where weights (and so LoRA's savings) dominate the peak.
 
     python benchmarks/lora_memory.py --steps 3 --repeats 3
+    python benchmarks/lora_memory.py --steps 2 --repeats 1 --hidden-size 1024 --layers 12
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 
 
-def child(mode: str, steps: int) -> None:
+def child(mode: str, steps: int, hidden_size: int | None, layers: int | None) -> None:
     import torch
 
     from turnrl.agents.engine import SamplingParams
@@ -33,8 +36,21 @@ def child(mode: str, steps: int) -> None:
     from turnrl.training.trainer import Trainer
 
     torch.manual_seed(0)
+    overrides = {}
+    if hidden_size:
+        heads = hidden_size // 64
+        overrides |= {
+            "hidden_size": hidden_size,
+            "intermediate_size": 3 * hidden_size,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+        }
+    if layers:
+        overrides["num_hidden_layers"] = layers
     agent = TransformersAgent(
-        build_tiny_model("10m"), build_tiny_tokenizer(), sampling=SamplingParams(max_new_tokens=6)
+        build_tiny_model("10m", **overrides),
+        build_tiny_tokenizer(),
+        sampling=SamplingParams(max_new_tokens=6),
     )
     model = {"lora": {"r": 16, "alpha": 32}} if mode == "lora" else {}
     config = TrainingConfig.from_profile(
@@ -58,7 +74,15 @@ def main(args: argparse.Namespace) -> None:
     for _ in range(args.repeats):
         for mode in peaks:
             out = subprocess.run(
-                [sys.executable, str(HERE), "--child", mode, f"--steps={args.steps}"],
+                [
+                    sys.executable,
+                    str(HERE),
+                    "--child",
+                    mode,
+                    f"--steps={args.steps}",
+                    f"--hidden-size={args.hidden_size or 0}",
+                    f"--layers={args.layers or 0}",
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -79,9 +103,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden-size", type=int, default=0, help="0: the 10m size's 384")
+    parser.add_argument("--layers", type=int, default=0, help="0: the 10m size's 6")
     parser.add_argument("--child", choices=("full", "lora"))
     arguments = parser.parse_args()
     if arguments.child:
-        child(arguments.child, arguments.steps)
+        child(arguments.child, arguments.steps, arguments.hidden_size, arguments.layers)
     else:
         main(arguments)

@@ -2,20 +2,32 @@
 
 Three phases, each reported on its own:
 
-1. **Warm-start** (supervised): next-token cross-entropy on demonstrations,
-   half of them first-try answers and half a wrong attempt or two followed by
-   ``Wrong. Try again.`` and the right answer (only the final answer is
-   trained on), so the random model learns the format of answers and retries
-   and part of the addition table.
+1. **Warm-start** (supervised) on demonstrations from a sloppy teacher: in 80%
+   of them the first answer is off by ten (``a+b+10``), followed by ``Wrong.
+   Try again.`` and the right answer (sometimes a second miss, ``+20``,
+   first). Every assistant turn is imitated, so the random model learns the
+   format, the addition table, and the teacher's habit of needing a second
+   try.
 2. **Eval before RL** on held-out questions that appear in no demonstration
    and no RL scenario.
 3. **RL** with GRPO on the arithmetic environment: a wrong answer earns
    ``Wrong. Try again.`` and another attempt; rewards 1.0 / 0.5 / 0.25 for a
-   correct first / second / third answer. Then **eval after RL**.
+   correct first / second / third answer. The reward, unlike the
+   demonstrations, pays for getting it right the first time. Then **eval
+   after RL**.
 
 The task is ``a+b`` with ``a`` in 0..99 and ``b`` in 0..9: the units table is
 shared by every tens digit, so what RL teaches on the training questions
 carries over to the held-out ones instead of being memorized per question.
+
+Why a sloppy teacher: imitating correct demonstrations, the model's held-out
+reward jumps from below 0.1 to 0.6-0.8 somewhere between warm-start steps 200
+and 330 (a sharp transition whose position moves with the seed and the data),
+which leaves RL either no signal or little room; 120 GRPO steps from 0.65
+gained +0.13 (benchmarks/RESULTS.md, "Demo"). The teacher's habit is
+what imitation learns and what the reward corrects: RL's job here is to turn
+a policy that needs retries into one that answers right away, a multi-turn
+credit-assignment lesson, measured on questions it never trained on.
 """
 
 from __future__ import annotations
@@ -93,13 +105,13 @@ async def run_demo(
     t0 = time.perf_counter()
     losses = supervised_warmstart(
         agent,
-        demonstrations(train_scenarios, retry_fraction=0.5, seed=seed),
+        demonstrations(train_scenarios, retry_fraction=0.8, mistake="plus_ten", seed=seed),
         steps=warmstart_steps,
         lr=2e-3,
         batch_size=64,
         seed=seed,
         log_every=100,
-        train_on="last",
+        train_on="all",
     )
     warmstart_s = time.perf_counter() - t0
 

@@ -5,6 +5,7 @@ import pytest
 from turnrl.environments.tasks import (
     ArithmeticEnvironment,
     demonstration,
+    demonstrations,
     make_scenarios,
     parse_answer,
     question_text,
@@ -214,3 +215,38 @@ async def test_demonstration_is_a_correct_first_answer():
     env = ArithmeticEnvironment()
     await env.reset(options={"scenario": SCENARIO})
     assert (await env.step(conversation[-1])).reward == 1.0
+
+
+@pytest.mark.anyio
+async def test_sloppy_teacher_demonstrations_replay_as_retries():
+    scenarios = make_scenarios(low=0, high=99, b_range=(0, 9), ops=("+",), n=200, seed=1)
+    convs = demonstrations(scenarios, retry_fraction=0.8, mistake="plus_ten", seed=3)
+    env = ArithmeticEnvironment()
+    returns = []
+    for scenario, conversation in zip(scenarios, convs, strict=True):
+        answers = [int(m.content) for m in conversation if m.role == "assistant"]
+        right = answers[-1]
+        assert answers == [right + 10 * k for k in range(1, len(answers))] + [right]
+        await env.reset(options={"scenario": scenario})
+        rewards = [(await env.step(assistant(str(a)))).reward for a in answers]
+        returns.append(sum(rewards))
+    # 20% right first (1.0), 40% after one miss (0.5), 40% after two (0.25): about 0.5.
+    assert 0.42 < sum(returns) / len(returns) < 0.58
+    first_try = sum(r == 1.0 for r in returns) / len(returns)
+    assert 0.12 < first_try < 0.28
+
+
+def test_demonstration_options_are_checked():
+    with pytest.raises(ValueError, match="mistake must be"):
+        demonstrations(make_scenarios(n=4), mistake="random")
+    with pytest.raises(ValueError, match="label_noise must be"):
+        demonstrations(make_scenarios(n=4), label_noise=1.5)
+
+
+def test_label_noise_leaves_the_other_draws_alone():
+    scenarios = make_scenarios(n=100, seed=2)
+    clean = demonstrations(scenarios, seed=5)
+    noisy = demonstrations(scenarios, label_noise=0.5, seed=5)
+    assert [c[:-1] for c in clean] == [c[:-1] for c in noisy]
+    changed = sum(a[-1] != b[-1] for a, b in zip(clean, noisy, strict=True))
+    assert 30 < changed < 70

@@ -28,7 +28,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from turnrl.environments.base import Environment, StepResult, scenario_from_options
 from turnrl.types import Message, Scenario, assistant, user
@@ -275,7 +275,12 @@ def demonstration(scenario: Scenario, *, wrong: Sequence[int] = ()) -> list[Mess
 
 
 def demonstrations(
-    scenarios: Sequence[Scenario], *, retry_fraction: float = 0.5, seed: int = 0
+    scenarios: Sequence[Scenario],
+    *,
+    retry_fraction: float = 0.5,
+    label_noise: float = 0.0,
+    mistake: Literal["near", "plus_ten"] = "near",
+    seed: int = 0,
 ) -> list[list[Message]]:
     """Warm-start conversations: first-try answers, and some retries.
 
@@ -284,17 +289,41 @@ def demonstrations(
     conversations first give one or two wrong answers within 3 of the right
     one, each followed by the retry message (see :func:`demonstration`).
 
+    ``mistake`` picks the wrong attempts: ``"near"``, random answers within 3
+    of the right one (train on the last turn only, ``train_on="last"``, to
+    teach retries without the mistakes); ``"plus_ten"``, a sloppy teacher's
+    systematic miss, ``a+b+10`` then ``a+b+20``. Imitated in full
+    (``train_on="all"``), the latter gives a model that knows the sums but
+    habitually needs a retry, which the environment's reward (1.0 for a right
+    first answer, 0.5 for a second) teaches it to drop: the demo's setup.
+
+    ``label_noise`` makes the demonstrations imperfect in another way: that
+    fraction of conversations ends in a wrong answer within 3 of the right one
+    instead of the right answer.
+
     >>> convs = demonstrations(make_scenarios(n=10), retry_fraction=1.0)
     >>> all(c[2].content == RETRY_TEXT for c in convs)
     True
     """
     if not 0 <= retry_fraction <= 1:
         raise ValueError(f"retry_fraction must be in [0, 1], got {retry_fraction}")
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    if mistake not in ("near", "plus_ten"):
+        raise ValueError(f"mistake must be 'near' or 'plus_ten', got {mistake!r}")
     rng = random.Random(seed)
+    noise_rng = random.Random(f"label-noise-{seed}")  # leaves rng's draws as without noise
     out = []
     for scenario in scenarios:
         answer = _answer(scenario)
         retries = 0 if rng.random() >= retry_fraction else rng.choice([1, 2])
         near = [w for w in range(max(0, answer - 3), answer + 4) if w != answer]
-        out.append(demonstration(scenario, wrong=rng.sample(near, retries)))
+        wrong = rng.sample(near, retries)
+        if mistake == "plus_ten":
+            wrong = [answer + 10 * (k + 1) for k in range(retries)]
+        conversation = demonstration(scenario, wrong=wrong)
+        if label_noise and noise_rng.random() < label_noise:
+            mistake = noise_rng.choice([w for w in near if w not in wrong])
+            conversation[-1] = assistant(str(mistake))
+        out.append(conversation)
     return out
