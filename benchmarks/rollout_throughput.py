@@ -14,7 +14,15 @@ Generated tokens per second for:
 The three run alternately, ``--repeats`` times, and the medians are reported
 with the ratios turnrl/naive and turnrl/limit.
 
+``--reuse-kv on`` runs turnrl's path with the engine's KV-cache reuse
+(``GenerationEngine(reuse_kv_cache=True)``); ``--reuse-kv both`` runs it with
+and without (``turnrl`` and ``turnrl_kv``, alternated with the others) and also
+reports, per ``generate`` call (one per turn here), the padded prefill tokens
+and the tokens taken from the cache, and whether greedy rollouts give the same
+tokens with and without reuse.
+
     python benchmarks/rollout_throughput.py --episodes 8 32 128 --repeats 3
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/rollout_throughput.py --threads 1 --reuse-kv both
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import time
 import torch
 from transformers import GenerationConfig
 
+from turnrl.agents.engine import SamplingParams
 from turnrl.agents.tiny import build_tiny_model, build_tiny_tokenizer
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
@@ -86,8 +95,7 @@ def naive(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
     return tokens
 
 
-def turnrl_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
-    """The Trainer's rollout path. Returns generated tokens."""
+def make_trainer(agent: TransformersAgent, scenarios, max_new_tokens: int) -> Trainer:
     config = TrainingConfig.from_profile(
         "balanced",
         generation={"max_new_tokens": max_new_tokens},
@@ -95,9 +103,52 @@ def turnrl_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int) -> 
         run={"output_dir": tempfile.mkdtemp(prefix="turnrl-bench-")},
         algorithm={"beta": 0.0},
     )
-    trainer = Trainer(agent, ArithmeticEnvironment(scenarios), None, config)
-    groups = asyncio.run(trainer.collect_groups())
+    return Trainer(agent, ArithmeticEnvironment(scenarios), None, config)
+
+
+def turnrl_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
+    """The Trainer's rollout path. Returns generated tokens."""
+    groups = asyncio.run(make_trainer(agent, scenarios, max_new_tokens).collect_groups())
     return sum(len(t.completion_ids) for g in groups for tr in g.ok for t in tr.turns)
+
+
+def with_reuse(reuse: bool):
+    """turnrl's path with the engine's KV-cache reuse switched on or off."""
+
+    def run(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
+        agent.engine.reuse_kv_cache = reuse
+        agent.engine.clear_kv_cache()
+        return turnrl_rollout(agent, scenarios, max_new_tokens)
+
+    return run
+
+
+def engine_calls(agent: TransformersAgent, since: int) -> list[tuple[int, int, int]]:
+    """Per generate call from ``since`` on: rows, padded prefill tokens, tokens from the cache."""
+    stats = agent.engine.stats
+    return list(
+        zip(
+            stats.batch_sizes[since:],
+            stats.prefill_tokens[since:],
+            stats.reused_tokens[since:],
+            strict=True,
+        )
+    )
+
+
+def greedy_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int, reuse: bool):
+    """Completion ids of a greedy rollout per group (sorted: group order is not fixed),
+    and the engine's calls (the conversations are the same with and without reuse)."""
+    agent.engine.reuse_kv_cache = reuse
+    agent.engine.clear_kv_cache()
+    trainer = make_trainer(agent, scenarios, max_new_tokens)
+    trainer.sampling = SamplingParams(max_new_tokens, temperature=0)
+    calls = agent.engine.stats.generate_calls
+    groups = asyncio.run(trainer.collect_groups())
+    tokens = {
+        g.scenario.id: sorted([t.completion_ids for t in tr.turns] for tr in g.ok) for g in groups
+    }
+    return tokens, engine_calls(agent, calls)
 
 
 @torch.no_grad()
@@ -127,39 +178,70 @@ def main(args: argparse.Namespace) -> None:
     agent = TransformersAgent(build_tiny_model(args.size, seed=0), build_tiny_tokenizer())
     n_params = sum(p.numel() for p in agent.model.parameters())
     print(f"model: tiny '{args.size}', {n_params / 1e6:.1f}M parameters; threads {args.threads}")
-    results = {}
+    ours = {"off": [("turnrl", with_reuse(False))], "on": [("turnrl", with_reuse(True))]}
+    ours["both"] = [("turnrl", with_reuse(False)), ("turnrl_kv", with_reuse(True))]
+    runs = [("naive", naive), *ours[args.reuse_kv], ("limit", limit)]
+    results, prefill = {}, {}
     for n in args.episodes:
         scenarios = make_scenarios(n=n // GROUP, seed=1)
         episodes = [s for s in scenarios for _ in range(GROUP)]
-        timings: dict[str, list[float]] = {"naive": [], "turnrl": [], "limit": []}
+        timings: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _ in range(args.repeats):
-            for name, fn, data in (
-                ("naive", naive, episodes),
-                ("turnrl", turnrl_rollout, scenarios),
-                ("limit", limit, episodes),
-            ):
+            for name, fn in runs:
                 if name == "naive" and n > args.naive_max:
                     continue
+                data = scenarios if name.startswith("turnrl") else episodes
+                calls = agent.engine.stats.generate_calls
                 start = time.perf_counter()
                 tokens = fn(agent, data, args.max_new_tokens)
                 timings[name].append(tokens / (time.perf_counter() - start))
+                if name.startswith("turnrl"):
+                    prefill[n, f"{name} (sampled)"] = engine_calls(agent, calls)
         med = {k: statistics.median(v) for k, v in timings.items() if v}
         row = {f"{k}_tok_s": round(v, 1) for k, v in med.items()}
         if "naive" in med:
             row["turnrl_over_naive"] = round(med["turnrl"] / med["naive"], 2)
         row["turnrl_over_limit"] = round(med["turnrl"] / med["limit"], 2)
+        if "turnrl_kv" in med:
+            row["kv_over_turnrl"] = round(med["turnrl_kv"] / med["turnrl"], 2)
+            row["kv_over_limit"] = round(med["turnrl_kv"] / med["limit"], 2)
+            off, prefill[n, "turnrl (greedy)"] = greedy_rollout(
+                agent, scenarios, args.max_new_tokens, reuse=False
+            )
+            on, prefill[n, "turnrl_kv (greedy)"] = greedy_rollout(
+                agent, scenarios, args.max_new_tokens, reuse=True
+            )
+            row["greedy_match"] = off == on
         results[n] = row
         print(json.dumps({"episodes": n, **row}))
+    print_tables(results, prefill)
+
+
+def print_tables(results: dict, prefill: dict) -> None:
+    kv = any("turnrl_kv_tok_s" in r for r in results.values())
     print()
-    print(
-        "| episodes | naive tok/s | turnrl tok/s | limit tok/s | turnrl / naive | turnrl / limit |"
-    )
-    print("|---|---|---|---|---|---|")
+    head = "| episodes | naive tok/s | turnrl tok/s | "
+    head += "turnrl+kv tok/s | " if kv else ""
+    head += "limit tok/s | turnrl / naive | turnrl / limit |"
+    head += " turnrl+kv / turnrl | turnrl+kv / limit | greedy same |" if kv else ""
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for n, r in results.items():
-        print(
-            f"| {n} | {r.get('naive_tok_s', '-')} | {r['turnrl_tok_s']} | {r['limit_tok_s']} | "
-            f"{r.get('turnrl_over_naive', '-')} | {r['turnrl_over_limit']} |"
+        line = f"| {n} | {r.get('naive_tok_s', '-')} | {r['turnrl_tok_s']} | "
+        line += f"{r['turnrl_kv_tok_s']} | " if kv else ""
+        line += (
+            f"{r['limit_tok_s']} | {r.get('turnrl_over_naive', '-')} | {r['turnrl_over_limit']} |"
         )
+        if kv:
+            line += f" {r['kv_over_turnrl']} | {r['kv_over_limit']} | {r['greedy_match']} |"
+        print(line)
+    print()
+    print("Per generate call (sampled: last repeat): rows / padded prefill tokens / cached tokens")
+    print("| episodes | path | call 1 | call 2 | call 3 | ... |")
+    print("|---|---|---|---|---|---|")
+    for (n, name), calls in prefill.items():
+        cells = " | ".join(f"{b} / {p:,} / {r:,}" for b, p, r in calls)
+        print(f"| {n} | {name} | {cells} |")
 
 
 if __name__ == "__main__":
@@ -170,4 +252,10 @@ if __name__ == "__main__":
     parser.add_argument("--size", default="10m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--naive-max", type=int, default=128, help="skip naive above this")
+    parser.add_argument(
+        "--reuse-kv",
+        choices=("off", "on", "both"),
+        default="off",
+        help="KV-cache reuse in turnrl's path; both: run it with and without",
+    )
     main(parser.parse_args())

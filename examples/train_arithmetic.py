@@ -1,7 +1,8 @@
 """Train the embedded model on multi-turn arithmetic: the demo, as a script to copy.
 
-Phase 1 warm-starts the random model on demonstrations; phase 2 runs GRPO on
-"What is a+b?" where a wrong answer earns "Wrong. Try again." and another try.
+Phase 1 warm-starts the random model on a sloppy teacher's demonstrations;
+phase 2 runs GRPO on "What is a+b?" where a wrong answer earns "Wrong. Try
+again." and another try.
 Held-out questions (in no demonstration and no RL scenario) measure progress.
 
 Run:  python examples/train_arithmetic.py [--steps 120] [--warmstart-steps 260]
@@ -25,15 +26,17 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
         tiny_model_path(), sampling=turnrl.SamplingParams(max_new_tokens=6)
     )
 
-    # Phase 1: supervised warm-start on demonstrations (never the held-out questions).
-    # Half of them show a wrong attempt and a retry; only final answers are trained on.
-    demos = demonstrations(train, retry_fraction=0.5)
-    supervised_warmstart(
-        agent, demos, steps=warmstart_steps, lr=2e-3, batch_size=64, train_on="last"
-    )
+    # Phase 1: supervised warm-start on demonstrations (never the held-out questions)
+    # from a sloppy teacher: 80% of them answer a+b+10 first, hear "Wrong. Try
+    # again." and then answer right. Imitating every turn, the model learns the
+    # sums and the habit of needing a retry.
+    demos = demonstrations(train, retry_fraction=0.8, mistake="plus_ten")
+    supervised_warmstart(agent, demos, steps=warmstart_steps, lr=2e-3, batch_size=64)
 
-    # Phase 2: GRPO. The profile's learning rate is for pretrained LLMs; a tiny
-    # model trained from scratch wants a larger one.
+    # Phase 2: GRPO. The environment pays 1.0 for a right first answer and 0.5 for
+    # a right second one, so RL teaches what imitation could not: answer right away.
+    # The profile's learning rate is for pretrained LLMs; a tiny model trained
+    # from scratch wants a larger one.
     config = turnrl.TrainingConfig.from_profile(
         "balanced",
         optim={"lr": 2e-4, "micro_batch_size": 32, "warmup_steps": 10},

@@ -34,8 +34,10 @@ def _demo(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # weight-loading bars drown the step lines
     print(
         "turnrl demo: a 3.4M-parameter Llama learns multi-turn arithmetic.\n"
-        "  phase 1: supervised warm-start on demonstrations\n"
-        "  phase 2: GRPO on 'What is a+b?' with retries after 'Wrong. Try again.'\n"
+        "  phase 1: supervised warm-start on a sloppy teacher's demonstrations\n"
+        "           (first answers usually off by ten, then a retry)\n"
+        "  phase 2: GRPO on 'What is a+b?' with retries after 'Wrong. Try again.';\n"
+        "           the reward pays most for a right first answer\n"
         "  eval: held-out questions (in no demonstration and no RL scenario)\n",
         flush=True,
     )
@@ -225,11 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="train the embedded tiny model on multi-turn arithmetic (CPU, a few minutes)",
-        description="Warm-start the embedded model on demonstrations, then train it with GRPO "
+        description="Warm-start the embedded model on a sloppy teacher's demonstrations (first "
+        "answers usually off by ten, then a retry), then train it with GRPO "
         "on the arithmetic task, and print the held-out reward before and after RL.",
     )
     demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.add_argument("--steps", type=int, default=120, help="RL steps (default: 120)")
+    demo.add_argument("--steps", type=int, default=90, help="RL steps (default: 90)")
     demo.add_argument(
         "--warmstart-steps", type=int, default=260, help="supervised steps (default: 260)"
     )

@@ -80,7 +80,7 @@ async def run_demo(
     output_dir: str | Path = "runs/demo",
     *,
     warmstart_steps: int = 260,
-    rl_steps: int = 120,
+    rl_steps: int = 90,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Warm-start, evaluate, train with RL, evaluate again.
@@ -98,7 +98,10 @@ async def run_demo(
     seed_everything(seed)
     eval_scenarios, train_scenarios = demo_scenarios(seed)
     agent = TransformersAgent.from_pretrained(
-        tiny_model_path(), sampling=SamplingParams(max_new_tokens=6)
+        # KV-cache reuse: each turn prefills only its new tokens (see agents/prefix_cache.py).
+        tiny_model_path(),
+        sampling=SamplingParams(max_new_tokens=6),
+        reuse_kv_cache=True,
     )
 
     log.info("phase", name="warm-start", demonstrations=len(train_scenarios), steps=warmstart_steps)

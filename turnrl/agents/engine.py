@@ -22,6 +22,10 @@ therefore queues requests and runs them together:
   log-softmax at a time, instead of asking ``generate`` for every step's
   logits (``output_logits``), which for a 150k-token vocabulary would hold
   ``batch x new tokens x 150k`` floats.
+
+KV-cache reuse across turns (``reuse_kv_cache=True``, off by default) is
+described in :mod:`turnrl.agents.prefix_cache`, which holds the store and
+the cache layout; the engine decides when to use it.
 """
 
 from __future__ import annotations
@@ -31,11 +35,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
+import structlog
 import torch
 from torch.profiler import record_function
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
 
+from turnrl.agents.prefix_cache import (
+    PrefixKVStore,
+    keep_prefixes,
+    layout_prompts,
+    supports_reuse,
+    take_prefixes,
+    weights_version,
+)
 from turnrl.types import FinishReason
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,10 @@ class EngineStats:
     generated_tokens: int = 0
     generate_s: float = 0.0  # wall time inside model.generate
     batch_sizes: list[int] = field(default_factory=list)
+    # Per generate call: prompt tokens the model computed, pads included (rows x columns fed),
+    # and prompt tokens taken from the KV cache instead (reuse_kv_cache).
+    prefill_tokens: list[int] = field(default_factory=list)
+    reused_tokens: list[int] = field(default_factory=list)
 
 
 class ContextOverflowError(ValueError):
@@ -105,6 +125,13 @@ class GenerationEngine:
             to the model's ``max_position_embeddings`` when it has one).
         settle_rounds: How many event-loop rounds without a new request the
             dispatcher waits for before running a batch.
+        reuse_kv_cache: Keep each request's KV cache and reuse it for a later
+            prompt that extends it (see :mod:`turnrl.agents.prefix_cache`).
+        kv_cache_max_entries: Most sequences the KV store holds (default: twice
+            ``max_batch_size``).
+        kv_cache_max_tokens: Most tokens the KV store holds in all (default: no
+            limit beyond the entry count). One token costs
+            ``2 x layers x kv_heads x head_dim`` numbers of the model's dtype.
     """
 
     def __init__(
@@ -116,6 +143,9 @@ class GenerationEngine:
         max_batch_size: int = 256,
         max_context: int | None = None,
         settle_rounds: int = 3,
+        reuse_kv_cache: bool = False,
+        kv_cache_max_entries: int | None = None,
+        kv_cache_max_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -125,6 +155,10 @@ class GenerationEngine:
         self.max_batch_size = max_batch_size
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
         self.settle_rounds = settle_rounds
+        self.reuse_kv_cache = reuse_kv_cache
+        self.kv_cache_max_entries = kv_cache_max_entries
+        self.kv_cache_max_tokens = kv_cache_max_tokens
+        self.kv_store = PrefixKVStore()
         self.stats = EngineStats()
         self._pending: list[_Request] = []
         self._busy = False
@@ -193,16 +227,23 @@ class GenerationEngine:
         for request, completion in zip(batch, completions, strict=True):
             request.result = completion
 
+    def clear_kv_cache(self) -> None:
+        """Drop every stored KV cache, between batches.
+
+        The engine does it by itself when the model's parameters change; call
+        it after changing weights in a way that bypasses version counters
+        (writing through ``param.data``).
+        """
+        self.kv_store.clear()
+
     @torch.no_grad()
     def _generate(self, batch: list[_Request]) -> list[Completion]:
         params = batch[0].params
-        device = self.model.device
-        width = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, request in enumerate(batch):  # left padding
-            input_ids[row, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
-            attention_mask[row, width - len(request.prompt_ids) :] = 1
+        prompts = [r.prompt_ids for r in batch]
+        reuse = self.reuse_kv_cache  # read once: it may be switched while the batch runs
+        cached, past = self._cached_prefixes(prompts) if reuse else ([0] * len(batch), None)
+        input_ids, attention_mask = layout_prompts(prompts, cached, self.pad_token_id)  # (B, C + N)
+        width = input_ids.shape[1]
         greedy = params.temperature == 0
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
@@ -212,6 +253,7 @@ class GenerationEngine:
             top_k=0,  # None would let transformers apply its default top-k of 50
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
+            return_dict_in_generate=reuse,  # to get past_key_values back
         )
         recorder = _LogprobRecorder(1.0 if greedy else params.temperature)
         was_training = self.model.training
@@ -220,15 +262,17 @@ class GenerationEngine:
         try:
             with record_function("turnrl/generate"):
                 out = self.model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
+                    input_ids=input_ids.to(self.model.device),
+                    attention_mask=attention_mask.to(self.model.device),
+                    past_key_values=past,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([recorder]),
                 )
         finally:
             self.model.train(was_training)
             self.stats.generate_s += time.perf_counter() - started
-        new_tokens = out[:, width:]  # (B, S)
+        sequences = out.sequences if reuse else out  # (B, C + N + S)
+        new_tokens = sequences[:, width:]  # (B, S)
         logprobs = recorder.finish(new_tokens).cpu()  # (B, S)
         new_tokens = new_tokens.cpu()
 
@@ -247,10 +291,46 @@ class GenerationEngine:
                     finish_reason=reason,
                 )
             )
+        if reuse:
+            self._keep_prefixes(prompts, completions, attention_mask, out.past_key_values)
         self.stats.generate_calls += 1
         self.stats.batch_sizes.append(len(batch))
+        self.stats.prefill_tokens.append(len(batch) * (width - max(cached)))
+        self.stats.reused_tokens.append(sum(cached))
         self.stats.generated_tokens += sum(len(c.token_ids) for c in completions)
         return completions
+
+    def _cached_prefixes(self, prompts: list[list[int]]) -> tuple[list[int], DynamicCache | None]:
+        """Cached tokens per row and the batched cache (see :func:`take_prefixes`)."""
+        version = weights_version(self.model)
+        if version != self.kv_store.weights_version:
+            self.kv_store.clear()
+            self.kv_store.weights_version = version
+        return take_prefixes(self.kv_store, prompts)
+
+    def _keep_prefixes(
+        self,
+        prompts: list[list[int]],
+        completions: list[Completion],
+        attention_mask: torch.Tensor,
+        cache: Cache | None,
+    ) -> None:
+        """Store each row's real tokens' keys and values, or turn reuse off if the model can't."""
+        if not supports_reuse(self.model, cache):
+            log.warning("kv_reuse_unsupported", cache=type(cache).__name__)
+            self.reuse_kv_cache = False
+            self.kv_store.clear()
+            return
+        assert isinstance(cache, DynamicCache)
+        keep_prefixes(
+            self.kv_store,
+            prompts,
+            [c.token_ids for c in completions],
+            attention_mask,
+            cache,
+            max_entries=self.kv_cache_max_entries or 2 * self.max_batch_size,
+            max_tokens=self.kv_cache_max_tokens,
+        )
 
 
 class _LogprobRecorder(LogitsProcessor):

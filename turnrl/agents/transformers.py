@@ -56,6 +56,8 @@ class TransformersAgent:
         tokenizer: Its tokenizer; it must have a chat template.
         sampling: Default sampling settings for :meth:`respond`.
         max_batch_size: Most concurrent requests merged into one ``generate``.
+        reuse_kv_cache: Let the engine reuse the KV cache of earlier turns
+            (see :class:`~turnrl.agents.engine.GenerationEngine`).
 
     Raises:
         ChatTemplateError: The tokenizer has no chat template.
@@ -68,6 +70,7 @@ class TransformersAgent:
         *,
         sampling: SamplingParams | None = None,
         max_batch_size: int = 256,
+        reuse_kv_cache: bool = False,
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateError(
@@ -87,6 +90,7 @@ class TransformersAgent:
             pad_token_id=tokenizer.pad_token_id,
             eos_token_ids=self.eos_token_ids,
             max_batch_size=max_batch_size,
+            reuse_kv_cache=reuse_kv_cache,
         )
 
     @classmethod
