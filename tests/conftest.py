@@ -24,3 +24,24 @@ def tiny_agent(tiny_path):
 
     torch.manual_seed(0)
     return TransformersAgent.from_pretrained(tiny_path, sampling=SamplingParams(max_new_tokens=6))
+
+
+@pytest.fixture
+def scripted_engine():
+    """``script(agent, replies)``: the agent's engine returns these texts, in order.
+
+    Each reply is tokenized and closed with eos, so decoded text is known.
+    """
+    from turnrl.agents.engine import Completion
+
+    def script(agent, replies):
+        replies = iter(replies)
+        eos = agent.eos_token_ids[0]
+
+        async def generate(prompt_ids, params):
+            ids = [*agent.tokenizer(next(replies), add_special_tokens=False).input_ids, eos]
+            return Completion(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop")
+
+        agent.engine.generate = generate
+
+    return script

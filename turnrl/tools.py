@@ -45,7 +45,7 @@ import functools
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
@@ -75,6 +75,7 @@ __all__ = [
     "format_result",
     "parser_for_template",
     "tool",
+    "tool_schemas",
     "validate_arguments",
 ]
 
@@ -165,6 +166,13 @@ def tool(
             "'name: description' line per argument"
         ) from e
     return Tool(fn, _renamed(schema, name) if name else schema)
+
+
+def tool_schemas(tools: Sequence[Tool | dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """JSON schemas of ``tools`` (Tool objects or schemas already), or None if there are none."""
+    if not tools:
+        return None
+    return [t if isinstance(t, dict) else t.schema for t in tools]
 
 
 def _renamed(schema: dict[str, Any], name: str) -> dict[str, Any]:

@@ -3,23 +3,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from turnrl.agents.engine import Completion
 from turnrl.agents.transformers import ChatTemplateError, TransformersAgent
 from turnrl.training.batch import build_batch
 from turnrl.training.logprobs import token_logprobs
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, user
-
-
-def scripted_engine(agent, replies):
-    """Make the engine return fixed completions, so decoded text is known."""
-    replies = iter(replies)
-    eos = agent.eos_token_ids[0]
-
-    async def generate(prompt_ids, params):
-        ids = [*agent.tokenizer(next(replies), add_special_tokens=False).input_ids, eos]
-        return Completion(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop")
-
-    agent.engine.generate = generate
 
 
 async def three_turns(agent):
@@ -37,7 +24,7 @@ async def three_turns(agent):
 
 
 @pytest.mark.anyio
-async def test_loss_mask_matches_tokenizer_for_three_turns(tiny_agent):
+async def test_loss_mask_matches_tokenizer_for_three_turns(tiny_agent, scripted_engine):
     scripted_engine(tiny_agent, ["11", "13", "12"])
     trajectory, conversation = await three_turns(tiny_agent)
     batch = build_batch(

@@ -244,19 +244,6 @@ async def test_rollout_offers_tools_and_sums_counts():
 # --- the loss mask in a mixed conversation -------------------------------------------------
 
 
-def scripted_engine(agent, replies):
-    from turnrl.agents.engine import Completion
-
-    replies = iter(replies)
-    eos = agent.eos_token_ids[0]
-
-    async def generate(prompt_ids, params):
-        ids = [*agent.tokenizer(next(replies), add_special_tokens=False).input_ids, eos]
-        return Completion(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop")
-
-    agent.engine.generate = generate
-
-
 def masked_texts(agent, batch, row=0):
     """The decoded runs of trained tokens, and of untrained tokens, of one row."""
     ids, mask = batch.input_ids[row].tolist(), batch.loss_mask[row].tolist()
@@ -271,7 +258,7 @@ def masked_texts(agent, batch, row=0):
 
 
 @pytest.mark.anyio
-async def test_tool_results_masked_out_tool_calls_trained(tiny_agent):
+async def test_tool_results_masked_out_tool_calls_trained(tiny_agent, scripted_engine):
     # A real rollout through the agent (with scripted text) and the environment.
     scripted_engine(tiny_agent, ["calculator(548*858)", "470184"])
     env = calculator_env([SCENARIO], parser=CompactParser())
@@ -316,7 +303,7 @@ TOOLS_TEMPLATE = (
 
 
 @pytest.mark.anyio
-async def test_tools_rendered_by_a_template_that_declares_them(tiny_agent):
+async def test_tools_rendered_by_a_template_that_declares_them(tiny_agent, scripted_engine):
     assert not tiny_agent.renders_tools  # the tiny template ignores tools=
     tiny_agent.tokenizer.chat_template = TOOLS_TEMPLATE
     del tiny_agent.__dict__["renders_tools"]  # the cached answer was for the old template

@@ -60,6 +60,11 @@ class Wrapper(Environment):
         return self.env.scenarios
 
     @property
+    def tools(self) -> Sequence[Any] | None:
+        """The inner environment's tools (``None`` if it offers none)."""
+        return getattr(self.env, "tools", None)
+
+    @property
     def unwrapped(self) -> Environment:
         """The innermost environment, under all wrappers."""
         env = self.env

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from turnrl.agents.transformers import TransformersAgent
+from turnrl.tools import tool_schemas
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
 
 Prompt = str | Sequence[Message]
@@ -54,7 +55,7 @@ def trajectory_from_messages(
         ValueError: The conversation has no assistant message.
     """
     messages = list(messages)
-    schemas = None if not tools else [t if isinstance(t, dict) else t.schema for t in tools]
+    schemas = tool_schemas(tools)
     first = next((i for i, m in enumerate(messages) if m.role == "assistant"), None)
     if first is None:
         raise ValueError("the conversation has no assistant message to learn from")

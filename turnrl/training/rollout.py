@@ -12,8 +12,8 @@ outgrows the model's context ends there, truncated (GAE bootstraps), and is
 counted in ``rollout/context_overflow``.
 
 Tools. After ``reset``, the tools the episode's environment offers
-(``env.tools``: :class:`~turnrl.tools.Tool` objects or JSON schemas, looked
-up through wrappers) are passed to every ``agent.respond(..., tools=...)`` of
+(``env.tools``: :class:`~turnrl.tools.Tool` objects or JSON schemas, which
+wrappers forward) are passed to every ``agent.respond(..., tools=...)`` of
 the episode, if the agent's ``respond`` takes a ``tools`` keyword. The counts
 ``tool_calls`` and ``tool_errors`` of the step infos are summed over the
 episode and kept on ``trajectory.info`` under the same names (replacing the
@@ -36,7 +36,7 @@ import structlog
 from turnrl.agents.base import Agent
 from turnrl.agents.engine import ContextOverflowError, SamplingParams
 from turnrl.environments.base import Environment
-from turnrl.environments.wrappers import Wrapper
+from turnrl.tools import tool_schemas
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, flatten
 
 log = structlog.get_logger(__name__)
@@ -211,18 +211,12 @@ def _tool_metrics(ok: Sequence[Trajectory], prefix: str) -> dict[str, float]:
 
 
 def offered_tools(env: Environment) -> list[dict[str, Any]] | None:
-    """JSON schemas of the tools ``env`` offers (``env.tools``, looked up through wrappers).
+    """JSON schemas of the tools ``env`` offers (``env.tools``; wrappers forward it).
 
     Returns:
         The schemas, or ``None`` when the environment offers no tools.
     """
-    tools = getattr(env, "tools", None)
-    while tools is None and isinstance(env, Wrapper):
-        env = env.env
-        tools = getattr(env, "tools", None)
-    if not tools:
-        return None
-    return [t if isinstance(t, dict) else t.schema for t in tools]
+    return tool_schemas(getattr(env, "tools", None))
 
 
 def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
