@@ -6,22 +6,22 @@ and every episode takes all three turns), at several concurrency levels.
 Generated tokens per second for:
 
 - **naive**: one episode at a time, one ``generate`` call per turn;
-- **turnrl**: the Trainer's own rollout path (``Trainer.collect_groups``: all
-  episodes concurrent, requests merged by the GenerationEngine);
+- **turnrl**: the Trainer's own rollout path with its defaults
+  (``Trainer.collect_groups``: all episodes concurrent, requests merged by the
+  GenerationEngine, KV caches reused across turns and a group's shared first
+  prompt prefilled once);
 - **limit**: one padded ``generate`` call over all first-turn prompts with the
   same sampling settings (no environment, no later turns).
 
 The three run alternately, ``--repeats`` times, and the medians are reported
 with the ratios turnrl/naive and turnrl/limit.
 
-``--reuse-kv on`` runs turnrl's path with the engine's KV-cache reuse
-(``GenerationEngine(reuse_kv_cache=True)``); ``--reuse-kv both`` runs it with
-and without (``turnrl`` and ``turnrl_kv``, alternated with the others) and also
-reports, per ``generate`` call (one per turn here), the padded prefill tokens
-and the tokens taken from the cache, and whether greedy rollouts give the same
-tokens with and without reuse.
+``--reuse-kv off`` runs turnrl's path with ``generation.reuse_kv_cache=False``;
+``--reuse-kv both`` runs it with and without (``turnrl`` and ``turnrl_plain``,
+alternated with the others) and also reports, per ``generate`` call (one per
+turn here), the padded prefill tokens and the tokens taken from the cache, and
+whether greedy rollouts give the same tokens with and without reuse.
 
-    python benchmarks/rollout_throughput.py --episodes 8 32 128 --repeats 3
     OMP_WAIT_POLICY=PASSIVE python benchmarks/rollout_throughput.py --threads 1 --reuse-kv both
 """
 
@@ -95,10 +95,12 @@ def naive(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
     return tokens
 
 
-def make_trainer(agent: TransformersAgent, scenarios, max_new_tokens: int) -> Trainer:
+def make_trainer(
+    agent: TransformersAgent, scenarios, max_new_tokens: int, reuse: bool = True
+) -> Trainer:
     config = TrainingConfig.from_profile(
         "balanced",
-        generation={"max_new_tokens": max_new_tokens},
+        generation={"max_new_tokens": max_new_tokens, "reuse_kv_cache": reuse},
         rollout={"scenarios_per_step": len(scenarios), "num_generations": GROUP},
         run={"output_dir": tempfile.mkdtemp(prefix="turnrl-bench-")},
         algorithm={"beta": 0.0},
@@ -106,19 +108,13 @@ def make_trainer(agent: TransformersAgent, scenarios, max_new_tokens: int) -> Tr
     return Trainer(agent, ArithmeticEnvironment(scenarios), None, config)
 
 
-def turnrl_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
-    """The Trainer's rollout path. Returns generated tokens."""
-    groups = asyncio.run(make_trainer(agent, scenarios, max_new_tokens).collect_groups())
-    return sum(len(t.completion_ids) for g in groups for tr in g.ok for t in tr.turns)
-
-
 def with_reuse(reuse: bool):
-    """turnrl's path with the engine's KV-cache reuse switched on or off."""
+    """The Trainer's rollout path, KV-cache reuse on or off. Returns generated tokens."""
 
     def run(agent: TransformersAgent, scenarios, max_new_tokens: int) -> int:
-        agent.engine.reuse_kv_cache = reuse
-        agent.engine.clear_kv_cache()
-        return turnrl_rollout(agent, scenarios, max_new_tokens)
+        trainer = make_trainer(agent, scenarios, max_new_tokens, reuse)
+        groups = asyncio.run(trainer.collect_groups())
+        return sum(len(t.completion_ids) for g in groups for tr in g.ok for t in tr.turns)
 
     return run
 
@@ -139,9 +135,7 @@ def engine_calls(agent: TransformersAgent, since: int) -> list[tuple[int, int, i
 def greedy_rollout(agent: TransformersAgent, scenarios, max_new_tokens: int, reuse: bool):
     """Completion ids of a greedy rollout per group (sorted: group order is not fixed),
     and the engine's calls (the conversations are the same with and without reuse)."""
-    agent.engine.reuse_kv_cache = reuse
-    agent.engine.clear_kv_cache()
-    trainer = make_trainer(agent, scenarios, max_new_tokens)
+    trainer = make_trainer(agent, scenarios, max_new_tokens, reuse)
     trainer.sampling = SamplingParams(max_new_tokens, temperature=0)
     calls = agent.engine.stats.generate_calls
     groups = asyncio.run(trainer.collect_groups())
@@ -179,7 +173,7 @@ def main(args: argparse.Namespace) -> None:
     n_params = sum(p.numel() for p in agent.model.parameters())
     print(f"model: tiny '{args.size}', {n_params / 1e6:.1f}M parameters; threads {args.threads}")
     ours = {"off": [("turnrl", with_reuse(False))], "on": [("turnrl", with_reuse(True))]}
-    ours["both"] = [("turnrl", with_reuse(False)), ("turnrl_kv", with_reuse(True))]
+    ours["both"] = [("turnrl", with_reuse(True)), ("turnrl_plain", with_reuse(False))]
     runs = [("naive", naive), *ours[args.reuse_kv], ("limit", limit)]
     results, prefill = {}, {}
     for n in args.episodes:
@@ -202,14 +196,14 @@ def main(args: argparse.Namespace) -> None:
         if "naive" in med:
             row["turnrl_over_naive"] = round(med["turnrl"] / med["naive"], 2)
         row["turnrl_over_limit"] = round(med["turnrl"] / med["limit"], 2)
-        if "turnrl_kv" in med:
-            row["kv_over_turnrl"] = round(med["turnrl_kv"] / med["turnrl"], 2)
-            row["kv_over_limit"] = round(med["turnrl_kv"] / med["limit"], 2)
-            off, prefill[n, "turnrl (greedy)"] = greedy_rollout(
-                agent, scenarios, args.max_new_tokens, reuse=False
-            )
-            on, prefill[n, "turnrl_kv (greedy)"] = greedy_rollout(
+        if "turnrl_plain" in med:
+            row["turnrl_over_plain"] = round(med["turnrl"] / med["turnrl_plain"], 2)
+            row["plain_over_limit"] = round(med["turnrl_plain"] / med["limit"], 2)
+            on, prefill[n, "turnrl (greedy)"] = greedy_rollout(
                 agent, scenarios, args.max_new_tokens, reuse=True
+            )
+            off, prefill[n, "turnrl_plain (greedy)"] = greedy_rollout(
+                agent, scenarios, args.max_new_tokens, reuse=False
             )
             row["greedy_match"] = off == on
         results[n] = row
@@ -218,22 +212,22 @@ def main(args: argparse.Namespace) -> None:
 
 
 def print_tables(results: dict, prefill: dict) -> None:
-    kv = any("turnrl_kv_tok_s" in r for r in results.values())
+    plain = any("turnrl_plain_tok_s" in r for r in results.values())
     print()
     head = "| episodes | naive tok/s | turnrl tok/s | "
-    head += "turnrl+kv tok/s | " if kv else ""
+    head += "no reuse tok/s | " if plain else ""
     head += "limit tok/s | turnrl / naive | turnrl / limit |"
-    head += " turnrl+kv / turnrl | turnrl+kv / limit | greedy same |" if kv else ""
+    head += " turnrl / no reuse | no reuse / limit | greedy same |" if plain else ""
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for n, r in results.items():
         line = f"| {n} | {r.get('naive_tok_s', '-')} | {r['turnrl_tok_s']} | "
-        line += f"{r['turnrl_kv_tok_s']} | " if kv else ""
+        line += f"{r['turnrl_plain_tok_s']} | " if plain else ""
         line += (
             f"{r['limit_tok_s']} | {r.get('turnrl_over_naive', '-')} | {r['turnrl_over_limit']} |"
         )
-        if kv:
-            line += f" {r['kv_over_turnrl']} | {r['kv_over_limit']} | {r['greedy_match']} |"
+        if plain:
+            line += f" {r['turnrl_over_plain']} | {r['plain_over_limit']} | {r['greedy_match']} |"
         print(line)
     print()
     print("Per generate call (sampled: last repeat): rows / padded prefill tokens / cached tokens")
@@ -255,7 +249,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--reuse-kv",
         choices=("off", "on", "both"),
-        default="off",
-        help="KV-cache reuse in turnrl's path; both: run it with and without",
+        default="on",
+        help="KV-cache reuse in turnrl's path (on: the default); both: run it with and without",
     )
     main(parser.parse_args())

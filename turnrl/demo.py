@@ -98,10 +98,7 @@ async def run_demo(
     seed_everything(seed)
     eval_scenarios, train_scenarios = demo_scenarios(seed)
     agent = TransformersAgent.from_pretrained(
-        # KV-cache reuse: each turn prefills only its new tokens (see agents/prefix_cache.py).
-        tiny_model_path(),
-        sampling=SamplingParams(max_new_tokens=6),
-        reuse_kv_cache=True,
+        tiny_model_path(), sampling=SamplingParams(max_new_tokens=6)
     )
 
     log.info("phase", name="warm-start", demonstrations=len(train_scenarios), steps=warmstart_steps)

@@ -30,6 +30,7 @@ def plain_engine(agent):
         agent.model,
         pad_token_id=agent.tokenizer.pad_token_id,
         eos_token_ids=agent.eos_token_ids,
+        reuse_kv_cache=False,
     )
 
 
@@ -185,6 +186,43 @@ async def test_mixed_batch_of_cached_and_uncached_rows(agent):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("sampling", [GREEDY, SamplingParams(max_new_tokens=5, temperature=0.8)])
+async def test_repeated_prompts_share_one_prefill(agent, sampling):
+    """A GRPO group's first turn: G rows with one prompt prefill it once."""
+    engine = agent.engine
+    a, b = (agent.encode([user(q)]) for q in ("What is 12+30?", "What is 7+7, please?"))
+    lone = agent.encode([user("Hi")])
+    prompts = [a, b, a, a, b, lone]
+    torch.manual_seed(0)
+    reused = await generate_all(engine, prompts, sampling)
+    torch.manual_seed(0)
+    plain = plain_engine(agent)
+    assert_same(reused, await generate_all(plain, prompts, sampling))
+    # One forward over the 2 distinct repeated prompts minus their last token, then the
+    # batch feeds 1 token for the repeating rows and all of the lone prompt's.
+    shared = 2 * (max(len(a), len(b)) - 1)
+    assert engine.stats.prefill_tokens[-1] == shared + 6 * len(lone)
+    assert engine.stats.reused_tokens[-1] == 3 * (len(a) - 1) + 2 * (len(b) - 1)
+    assert plain.stats.prefill_tokens[-1] == 6 * max(len(a), len(b))
+    # The shared entries were consumed; each row left its own, prompt + completion.
+    assert engine.kv_store.longest_prefix(a) is None and engine.kv_store.longest_prefix(b) is None
+    assert len(engine.kv_store) >= 3
+
+
+@pytest.mark.anyio
+async def test_repeated_prompts_not_shared_when_a_longer_part_is_fed_anyway(agent):
+    engine = agent.engine
+    long = agent.encode([user("What is 123456789 + 987654321, please?")])
+    short = agent.encode([user("1+1?")])
+    prompts = [short, short, long]
+    reused = await generate_all(engine, prompts)
+    assert engine.stats.reused_tokens[-1] == 0
+    assert engine.stats.prefill_tokens[-1] == 3 * len(long)
+    assert_same(reused, await generate_all(plain_engine(agent), prompts))
+    assert engine.kv_store.longest_prefix(short[:-1]) is None  # nothing left behind
+
+
+@pytest.mark.anyio
 async def test_cache_not_used_when_an_uncached_prompt_is_longest(agent):
     engine, plain = agent.engine, plain_engine(agent)
     short = agent.encode([user("1+1?")])
@@ -256,9 +294,10 @@ async def test_weight_update_invalidates_the_store(agent):
 
 
 def test_flag_passes_through_the_agent(tiny_agent):
-    assert tiny_agent.engine.reuse_kv_cache is False  # off by default
-    agent = TransformersAgent(tiny_agent.model, tiny_agent.tokenizer, reuse_kv_cache=True)
-    assert agent.engine.reuse_kv_cache is True
+    agent = TransformersAgent(tiny_agent.model, tiny_agent.tokenizer)
+    assert agent.engine.reuse_kv_cache is True  # on by default
+    agent = TransformersAgent(tiny_agent.model, tiny_agent.tokenizer, reuse_kv_cache=False)
+    assert agent.engine.reuse_kv_cache is False
 
 
 @pytest.mark.anyio

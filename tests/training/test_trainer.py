@@ -193,3 +193,21 @@ async def test_tied_groups_can_be_skipped(tiny_agent, tmp_path):
     # Every group ties (all rewards 1.0): counted, and no update happens.
     assert metrics["rollout/frac_zero_std"] == 1.0
     assert "train/grad_norm" not in metrics
+
+
+@pytest.mark.anyio
+async def test_rollouts_reuse_kv_cache_unless_configured_off(tiny_agent, tmp_path):
+    scenarios = make_scenarios(n=4)
+    trainer = Trainer(tiny_agent, ArithmeticEnvironment(scenarios), None, config(tmp_path))
+    stats = tiny_agent.engine.stats
+    await trainer.collect_groups()
+    # A group's 8 episodes share their first prompt: one prefill, then 1 token per row.
+    assert stats.reused_tokens[0] > 0 and max(stats.reused_tokens[1:]) > 0
+    assert len(tiny_agent.engine.kv_store) == 0  # released once the episodes are over
+
+    off = config(tmp_path, generation={"reuse_kv_cache": False})
+    Trainer(tiny_agent, ArithmeticEnvironment(scenarios), None, off)
+    assert tiny_agent.engine.reuse_kv_cache is False
+    calls = stats.generate_calls
+    await trainer.collect_groups()
+    assert stats.generate_calls > calls and not any(stats.reused_tokens[calls:])

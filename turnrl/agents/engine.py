@@ -23,13 +23,14 @@ therefore queues requests and runs them together:
   logits (``output_logits``), which for a 150k-token vocabulary would hold
   ``batch x new tokens x 150k`` floats.
 
-KV-cache reuse across turns (``reuse_kv_cache=True``, off by default) is
+KV-cache reuse across turns (``reuse_kv_cache=True``, the default) is
 described in :mod:`turnrl.agents.prefix_cache`, which holds the store and
 the cache layout; the engine decides when to use it.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,13 +39,21 @@ import anyio
 import structlog
 import torch
 from torch.profiler import record_function
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import (
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+)
 from transformers.cache_utils import Cache, DynamicCache
 
 from turnrl.agents.prefix_cache import (
     PrefixKVStore,
     keep_prefixes,
     layout_prompts,
+    output_cache,
+    share_prompts,
     supports_reuse,
     take_prefixes,
     weights_version,
@@ -52,6 +61,13 @@ from turnrl.agents.prefix_cache import (
 from turnrl.types import FinishReason
 
 log = structlog.get_logger(__name__)
+
+# transformers 5.24 renamed generate's ``past_key_values`` argument to ``cache``.
+_CACHE_KWARG = (
+    "cache"
+    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,10 @@ class GenerationEngine:
         settle_rounds: How many event-loop rounds without a new request the
             dispatcher waits for before running a batch.
         reuse_kv_cache: Keep each request's KV cache and reuse it for a later
-            prompt that extends it (see :mod:`turnrl.agents.prefix_cache`).
+            prompt that extends it, and prefill a prompt that several requests
+            of a batch repeat once (see :mod:`turnrl.agents.prefix_cache`).
+            Turned off, with a ``kv_reuse_unsupported`` log line, for a model
+            whose cache cannot be reused.
         kv_cache_max_entries: Most sequences the KV store holds (default: twice
             ``max_batch_size``).
         kv_cache_max_tokens: Most tokens the KV store holds in all (default: no
@@ -143,7 +162,7 @@ class GenerationEngine:
         max_batch_size: int = 256,
         max_context: int | None = None,
         settle_rounds: int = 3,
-        reuse_kv_cache: bool = False,
+        reuse_kv_cache: bool = True,
         kv_cache_max_entries: int | None = None,
         kv_cache_max_tokens: int | None = None,
     ) -> None:
@@ -241,9 +260,6 @@ class GenerationEngine:
         params = batch[0].params
         prompts = [r.prompt_ids for r in batch]
         reuse = self.reuse_kv_cache  # read once: it may be switched while the batch runs
-        cached, past = self._cached_prefixes(prompts) if reuse else ([0] * len(batch), None)
-        input_ids, attention_mask = layout_prompts(prompts, cached, self.pad_token_id)  # (B, C + N)
-        width = input_ids.shape[1]
         greedy = params.temperature == 0
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
@@ -253,20 +269,25 @@ class GenerationEngine:
             top_k=0,  # None would let transformers apply its default top-k of 50
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
-            return_dict_in_generate=reuse,  # to get past_key_values back
+            return_dict_in_generate=reuse,  # to get the cache back
         )
         recorder = _LogprobRecorder(1.0 if greedy else params.temperature)
         was_training = self.model.training
         self.model.eval()
         started = time.perf_counter()
         try:
+            cached, past, shared_prefill = (
+                self._cached_prefixes(prompts) if reuse else ([0] * len(batch), None, 0)
+            )
+            input_ids, attention_mask = layout_prompts(prompts, cached, self.pad_token_id)
+            width = input_ids.shape[1]  # C + N
             with record_function("turnrl/generate"):
                 out = self.model.generate(
                     input_ids=input_ids.to(self.model.device),
                     attention_mask=attention_mask.to(self.model.device),
-                    past_key_values=past,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([recorder]),
+                    **({_CACHE_KWARG: past} if past is not None else {}),
                 )
         finally:
             self.model.train(was_training)
@@ -292,21 +313,29 @@ class GenerationEngine:
                 )
             )
         if reuse:
-            self._keep_prefixes(prompts, completions, attention_mask, out.past_key_values)
+            self._keep_prefixes(prompts, completions, attention_mask, output_cache(out))
         self.stats.generate_calls += 1
         self.stats.batch_sizes.append(len(batch))
-        self.stats.prefill_tokens.append(len(batch) * (width - max(cached)))
+        self.stats.prefill_tokens.append(len(batch) * (width - max(cached)) + shared_prefill)
         self.stats.reused_tokens.append(sum(cached))
         self.stats.generated_tokens += sum(len(c.token_ids) for c in completions)
         return completions
 
-    def _cached_prefixes(self, prompts: list[list[int]]) -> tuple[list[int], DynamicCache | None]:
-        """Cached tokens per row and the batched cache (see :func:`take_prefixes`)."""
+    def _cached_prefixes(
+        self, prompts: list[list[int]]
+    ) -> tuple[list[int], DynamicCache | None, int]:
+        """Cached tokens per row, the batched cache (see :func:`take_prefixes`), and the
+        prompt tokens prefilled for prompts several rows share (see :func:`share_prompts`)."""
         version = weights_version(self.model)
         if version != self.kv_store.weights_version:
             self.kv_store.clear()
             self.kv_store.weights_version = version
-        return take_prefixes(self.kv_store, prompts)
+        shared, prefilled = share_prompts(self.model, self.kv_store, prompts, self.pad_token_id)
+        cached, past = take_prefixes(self.kv_store, prompts)
+        for key in shared:  # not consumed: take_prefixes chose not to use it
+            if key in self.kv_store.entries:
+                self.kv_store.pop(key)
+        return cached, past, prefilled
 
     def _keep_prefixes(
         self,

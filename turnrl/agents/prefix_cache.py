@@ -1,29 +1,38 @@
 """Reusing the KV cache of earlier turns (``GenerationEngine(reuse_kv_cache=True)``).
 
-Off by default. In a multi-turn episode each prompt is the previous prompt + the
-sampled completion + the environment's reply, token for token, so without
-reuse every turn prefills the whole conversation again. With reuse, after each
-batch the engine keeps, per request, the keys and values of its real tokens
-(prompt + completion, without pad columns; the last sampled token was never fed
-to the model, so it has none), keyed by that token sequence. When a batch is
+On by default; ``reuse_kv_cache=False`` turns it off. In a multi-turn episode
+each prompt is the previous prompt + the sampled completion + the environment's
+reply, token for token, so without reuse every turn prefills the whole
+conversation again. With reuse, after each batch the engine keeps, per request,
+the keys and values of its real tokens (prompt + completion, without pad
+columns; the last sampled token was never fed to the model, so it has none),
+keyed by that token sequence. When a batch is
 cut, each request looks up the longest stored sequence that is a prefix of its
 prompt, and the batch runs as one ``generate`` over a batched cache:
 
 - Row layout ``[pad][c_i cached tokens] | [pad][n_i new tokens]``: the cached
-  parts are left-padded to the longest one (C columns, passed as
-  ``past_key_values``), the uncached parts to the longest one (N columns, the
+  parts are left-padded to the longest one (C columns, passed as the
+  cache), the uncached parts to the longest one (N columns, the
   only ones ``generate`` feeds). The attention mask is 0 on every pad, also the
   ones in the middle, and transformers derives position ids from the mask's
   cumulative sum, so each row still computes what it would alone.
 - A row uses its cached prefix only if its prompt is longer than N, the widest
   uncached part in the batch: otherwise the cache would not shorten the
   prefill. When no row uses one, the batch runs exactly as without reuse.
+- Rows that repeat a prompt nothing stored covers (the G samples of a GRPO
+  group on their first turn) share one prefill: before the batch, each such
+  prompt minus its last token runs once, in one forward over the distinct
+  prompts, and is stored like any entry (:func:`share_prompts`), so the G rows
+  then feed one token each. This is vLLM's automatic prefix caching, limited
+  to whole repeated prompts.
 - An entry is dropped once a request extends it (the request's own entry,
   longer, supersedes it); the store holds at most ``kv_cache_max_entries``
   entries (and ``kv_cache_max_tokens`` tokens, if set), evicting the least
   recently stored. All entries are dropped when the model's parameters change
   (an optimizer step or a new model bumps the tensors' version counters), as
-  their keys and values belong to the old weights.
+  their keys and values belong to the old weights. The Trainer also empties
+  the store after each rollout: the episodes are over, and during the update
+  the entries would only hold memory.
 
 Where reuse departs from a plain ``generate`` on the full prompt: the cached
 keys and values were computed in an earlier call, on a differently padded
@@ -41,7 +50,7 @@ from __future__ import annotations
 import inspect
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -142,6 +151,78 @@ def keep_prefixes(
         store.put(prompt + completion[:fed], layers, max_entries=max_entries, max_tokens=max_tokens)
 
 
+@torch.no_grad()
+def share_prompts(
+    model: torch.nn.Module, store: PrefixKVStore, prompts: list[list[int]], pad_token_id: int
+) -> tuple[list[bytes], int]:
+    """Prefill once each prompt that several rows repeat and nothing in ``store`` covers.
+
+    Each such prompt minus its last token (which the batch must still feed, for
+    its logits) runs once, in one left-padded forward over the distinct ones,
+    and its keys and values are stored, so :func:`take_prefixes` gives every
+    row that repeats it a cached prefix. Skipped when the batch's widest
+    uncached part (another row's) is at least as long as a repeated prompt,
+    since ``take_prefixes`` would then not use the cache.
+
+    Returns:
+        The keys stored (the caller removes those ``take_prefixes`` did not
+        consume) and the number of prompt tokens the forward computed, pads
+        included.
+    """
+    matches = [store.longest_prefix(p) for p in prompts]
+    counts = Counter(tuple(p[:-1]) for p, m in zip(prompts, matches, strict=True) if not m)
+    repeated = {k for k, n in counts.items() if n > 1 and k}
+    # Widest part the batch will feed for rows that don't repeat a prompt.
+    rest = max(
+        (
+            len(p) - (min(m[1], len(p) - 1) if m else 0)
+            for p, m in zip(prompts, matches, strict=True)
+            if m or tuple(p[:-1]) not in repeated
+        ),
+        default=1,
+    )
+    shared = [list(k) for k in repeated if len(k) + 1 > rest]
+    if not shared:
+        return [], 0
+    input_ids, attention_mask = layout_prompts(shared, [0] * len(shared), pad_token_id)
+    device = next(model.parameters()).device
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    out = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+        use_cache=True,
+        **kwargs,
+    )
+    cache = output_cache(out)
+    if not supports_reuse(model, cache):
+        return [], input_ids.numel()
+    assert isinstance(cache, DynamicCache)
+    no_completions: list[list[int]] = [[] for _ in shared]
+    bound = len(store) + len(shared)  # evict nothing: these are consumed right away
+    keep_prefixes(
+        store, shared, no_completions, attention_mask, cache, max_entries=bound, max_tokens=None
+    )
+    return [_token_key(s) for s in shared], input_ids.numel()
+
+
+def output_cache(output: object) -> Cache | None:
+    """The KV cache a forward or ``generate`` returned.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache``; both are read.
+    """
+    for name in ("cache", "past_key_values"):
+        cache = output.get(name) if isinstance(output, dict) else None
+        if cache is not None:
+            return cache
+    return None
+
+
+def _forward_parameters(model: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    return inspect.signature(base.forward).parameters
+
+
 def supports_reuse(model: torch.nn.Module, cache: Cache | None) -> bool:
     """Whether rows of ``cache`` can be stored and batched again with middle padding.
 
@@ -149,11 +230,10 @@ def supports_reuse(model: torch.nn.Module, cache: Cache | None) -> bool:
     whose forward takes no ``position_ids`` would number positions by cache
     column instead of by the attention mask.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
     return (
         type(cache) is DynamicCache
         and all(type(layer) is DynamicLayer for layer in cache.layers)
-        and "position_ids" in inspect.signature(base.forward).parameters
+        and "position_ids" in _forward_parameters(model)
     )
 
 

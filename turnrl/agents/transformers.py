@@ -56,8 +56,10 @@ class TransformersAgent:
         tokenizer: Its tokenizer; it must have a chat template.
         sampling: Default sampling settings for :meth:`respond`.
         max_batch_size: Most concurrent requests merged into one ``generate``.
-        reuse_kv_cache: Let the engine reuse the KV cache of earlier turns
-            (see :class:`~turnrl.agents.engine.GenerationEngine`).
+        reuse_kv_cache: Let the engine reuse the KV cache of earlier turns and
+            prefill a prompt that several rows repeat once (see
+            :mod:`turnrl.agents.prefix_cache`; on by default, turned off by the
+            engine for models it does not support).
 
     Raises:
         ChatTemplateError: The tokenizer has no chat template.
@@ -70,7 +72,7 @@ class TransformersAgent:
         *,
         sampling: SamplingParams | None = None,
         max_batch_size: int = 256,
-        reuse_kv_cache: bool = False,
+        reuse_kv_cache: bool = True,
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateError(

@@ -73,6 +73,11 @@ class GenerationSettings(_Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (must be > 0 in RL).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_batch_size: int = Field(256, ge=1, description="Most requests in one generate call.")
+    reuse_kv_cache: bool | None = Field(
+        None,
+        description="Reuse each episode's KV cache across turns and prefill a group's shared "
+        "prompt once; None keeps the agent's own setting (on by default).",
+    )
 
 
 class RolloutConfig(_Section):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -105,9 +106,23 @@ def init_process_group(ctx: DistributedContext, timeout_s: float = 1800.0) -> to
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(*, wait_for_others: bool = True) -> None:
+    """Leave the process group, if this process joined one.
+
+    Args:
+        wait_for_others: First wait at a barrier for every rank to get here,
+            then give gloo's worker threads a moment with the GIL released.
+            Those threads free each finished collective's work object, which
+            may need the GIL to release its tensors; a process group torn down
+            (its threads joined, with the GIL held) while one of them waits for
+            the GIL deadlocks the process at exit, which was seen on CPU in
+            about one run in seven. Pass False after an error, when the other
+            ranks may never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
+            time.sleep(0.2)
         dist.destroy_process_group()
 
 

@@ -152,6 +152,8 @@ class Trainer:
         gen = self.config.generation
         self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
         agent.engine.max_batch_size = gen.max_batch_size
+        if gen.reuse_kv_cache is not None:
+            agent.engine.reuse_kv_cache = gen.reuse_kv_cache
         self.run_dir = Path(self.config.run.output_dir)
         if self.dist.is_main:  # only rank 0 writes
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,11 +183,14 @@ class Trainer:
         if self.resumed_from is None:
             # Ranks sample differently; the scenario order (self._rng) is shared.
             seed_everything(self.config.run.seed + self.dist.rank)
+        finished = False
         try:
-            return await self._train()
+            summary = await self._train()
+            finished = True
+            return summary
         finally:
             if self._owns_group:
-                shutdown()
+                shutdown(wait_for_others=finished)
 
     async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -313,16 +318,19 @@ class Trainer:
 
     async def collect_groups(self) -> list[TrajectoryGroup]:
         """Roll out the next B training scenarios, G episodes each (no update)."""
-        return await collect(
-            self.agent,
-            self.env,
-            self._next_scenarios(),
-            self.config.rollout.num_generations,
-            max_concurrency=self.config.rollout.max_concurrency,
-            seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
-            sampling=self.sampling,
-            on_episode=lambda done, total: self.progress.phase("rollout", done, total),
-        )
+        try:
+            return await collect(
+                self.agent,
+                self.env,
+                self._next_scenarios(),
+                self.config.rollout.num_generations,
+                max_concurrency=self.config.rollout.max_concurrency,
+                seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
+                sampling=self.sampling,
+                on_episode=lambda done, total: self.progress.phase("rollout", done, total),
+            )
+        finally:  # the episodes are over: their KV caches would only hold memory
+            self.agent.engine.clear_kv_cache()
 
     async def evaluate(
         self, scenarios: Sequence[Scenario] | None = None, *, save_samples: bool = True
@@ -342,16 +350,19 @@ class Trainer:
         sampling = SamplingParams(
             self.sampling.max_new_tokens, ev.temperature, 1.0 if greedy else self.sampling.top_p
         )
-        groups = await collect(
-            self.agent,
-            self.env,
-            scenarios,
-            1 if greedy else ev.num_generations,
-            max_concurrency=self.config.rollout.max_concurrency,
-            seed=10**9 + self.config.run.seed,
-            sampling=sampling,
-            on_episode=lambda done, total: self.progress.phase("eval", done, total),
-        )
+        try:
+            groups = await collect(
+                self.agent,
+                self.env,
+                scenarios,
+                1 if greedy else ev.num_generations,
+                max_concurrency=self.config.rollout.max_concurrency,
+                seed=10**9 + self.config.run.seed,
+                sampling=sampling,
+                on_episode=lambda done, total: self.progress.phase("eval", done, total),
+            )
+        finally:
+            self.agent.engine.clear_kv_cache()
         await score_groups(groups, self.rewards)
         if save_samples and self.dist.is_main:
             save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
