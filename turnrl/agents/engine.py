@@ -30,7 +30,6 @@ the cache layout; the engine decides when to use it.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,16 +38,11 @@ import anyio
 import structlog
 import torch
 from torch.profiler import record_function
-from transformers import (
-    GenerationConfig,
-    GenerationMixin,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-)
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 
 from turnrl.agents.prefix_cache import (
+    CACHE_KWARG,
     PrefixKVStore,
     keep_prefixes,
     layout_prompts,
@@ -61,13 +55,6 @@ from turnrl.agents.prefix_cache import (
 from turnrl.types import FinishReason
 
 log = structlog.get_logger(__name__)
-
-# transformers 5.24 renamed generate's ``past_key_values`` argument to ``cache``.
-_CACHE_KWARG = (
-    "cache"
-    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
-    else "past_key_values"
-)
 
 
 @dataclass(frozen=True)
@@ -287,7 +274,7 @@ class GenerationEngine:
                     attention_mask=attention_mask.to(self.model.device),
                     generation_config=config,
                     logits_processor=LogitsProcessorList([recorder]),
-                    **({_CACHE_KWARG: past} if past is not None else {}),
+                    **({CACHE_KWARG: past} if past is not None else {}),
                 )
         finally:
             self.model.train(was_training)

@@ -53,7 +53,16 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
+from transformers import GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+CACHE_KWARG = (
+    "cache"
+    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
+"""The name of the KV-cache argument of ``generate`` and ``forward`` (``cache`` from
+transformers 5.24 on, ``past_key_values`` before)."""
 
 KVLayers = list[tuple[torch.Tensor, torch.Tensor]]
 """Keys and values of one sequence, (heads, T, head_dim) each, one pair per layer."""
@@ -186,7 +195,7 @@ def share_prompts(
         return [], 0
     input_ids, attention_mask = layout_prompts(shared, [0] * len(shared), pad_token_id)
     device = next(model.parameters()).device
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
     out = model(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -218,9 +227,18 @@ def output_cache(output: object) -> Cache | None:
     return None
 
 
-def _forward_parameters(model: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    return inspect.signature(base.forward).parameters
+def forward_parameters(model: object) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the transformers model's ``forward`` under DDP, peft and
+    turnrl's adapter-free reference wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP
+            model = model.module
+        elif isinstance(getattr(model, "policy", None), torch.nn.Module):  # lora reference
+            model = model.policy
+        else:
+            return inspect.signature(model.forward).parameters
 
 
 def supports_reuse(model: torch.nn.Module, cache: Cache | None) -> bool:
@@ -233,7 +251,7 @@ def supports_reuse(model: torch.nn.Module, cache: Cache | None) -> bool:
     return (
         type(cache) is DynamicCache
         and all(type(layer) is DynamicLayer for layer in cache.layers)
-        and "position_ids" in _forward_parameters(model)
+        and "position_ids" in forward_parameters(model)
     )
 
 

@@ -247,6 +247,11 @@ class OptimConfig(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16 autocast, or fp16 autocast with GradScaler (CUDA only)."
     )
+    share_prompt_forward: bool = Field(
+        True,
+        description="Run a prompt that several sequences of a micro-batch start with once in "
+        "the log-prob forwards (a group's G copies), the rest over its KV cache.",
+    )
 
 
 class EvalConfig(_Section):
