@@ -104,7 +104,7 @@ class EngineStats:
     requests: int = 0
     generate_calls: int = 0
     generated_tokens: int = 0
-    generate_s: float = 0.0  # wall time inside model.generate
+    generate_s: float = 0.0  # wall time of the batches: cache preparation and model.generate
     batch_sizes: list[int] = field(default_factory=list)
     # Per generate call: prompt tokens the model computed, pads included (rows x columns fed),
     # and prompt tokens taken from the KV cache instead (reuse_kv_cache).
