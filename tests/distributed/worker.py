@@ -67,6 +67,7 @@ async def equivalence(groups_path: str, out: str, estimator: str) -> None:
             n: (p.detach() - before[n]).contiguous() for n, p in trainer.policy.named_parameters()
         }
         save_file(delta, out)
+    trainer.close()
 
 
 async def train(run_dir: str, fail: bool) -> None:

@@ -189,8 +189,19 @@ class Trainer:
             finished = True
             return summary
         finally:
-            if self._owns_group:
-                shutdown(wait_for_others=finished)
+            self.close(wait_for_others=finished)
+
+    def close(self, *, wait_for_others: bool = True) -> None:
+        """Leave the process group this Trainer joined under torchrun (else a no-op).
+
+        :meth:`train` calls it. A script that drives :meth:`step` itself should call
+        it once every rank is done: a process that exits still holding a gloo group
+        can abort at exit. ``wait_for_others=False`` skips the barrier (after an error,
+        when other ranks may never reach it).
+        """
+        if self._owns_group:
+            shutdown(wait_for_others=wait_for_others)
+            self._owns_group = False
 
     async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
