@@ -3,9 +3,8 @@
 Why the GenerationEngine merges requests into padded ``generate`` calls instead
 of feeding transformers' continuous-batching manager: this measures both on the
 same prompts (the first-turn arithmetic prompts of ``rollout_throughput.py``, 8 per
-question, the
-same ~10M-parameter model, the same sampling settings), alternated, and reports
-generated tokens per second (medians).
+question, with its "limit" call as the padded side; the same ~10M-parameter model and
+sampling settings), alternated, and reports generated tokens per second (medians).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/continuous_batching.py --episodes 32 128 --threads 1
 """
@@ -18,50 +17,18 @@ import statistics
 import time
 
 import torch
-from transformers import GenerationConfig
+from rollout_throughput import GROUP, limit, sampling_config  # the "limit" of that benchmark
 
 from turnrl.agents.tiny import build_tiny_model, build_tiny_tokenizer
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks import make_scenarios
 
-GROUP = 8
-
-
-def sampling(agent: TransformersAgent, max_new_tokens: int) -> GenerationConfig:
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        eos_token_id=agent.eos_token_ids,
-        pad_token_id=agent.tokenizer.pad_token_id,
-    )
-
-
-@torch.no_grad()
-def padded(agent: TransformersAgent, prompts: list[list[int]], max_new_tokens: int) -> int:
-    """One left-padded generate call. Returns generated tokens (up to each row's eos)."""
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), agent.tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    out = agent.model.generate(
-        input_ids=ids, attention_mask=mask, generation_config=sampling(agent, max_new_tokens)
-    )
-    new = out[:, width:]
-    eos = torch.isin(new, torch.tensor(agent.eos_token_ids))
-    return int(torch.where(eos.any(-1), eos.int().argmax(-1) + 1, new.shape[1]).sum())
-
 
 @torch.no_grad()
 def continuous(agent: TransformersAgent, prompts: list[list[int]], max_new_tokens: int) -> int:
     """transformers' continuous batching over the same prompts. Returns generated tokens."""
-    results = agent.model.generate_batch(
-        inputs=prompts, generation_config=sampling(agent, max_new_tokens), progress_bar=False
-    )
+    config = sampling_config(agent, max_new_tokens)
+    results = agent.model.generate_batch(inputs=prompts, generation_config=config)
     return sum(len(r.generated_tokens) for r in results.values())
 
 
@@ -71,13 +38,17 @@ def main(args: argparse.Namespace) -> None:
     agent = TransformersAgent(build_tiny_model(args.size, seed=0), build_tiny_tokenizer())
     agent.model.eval()
     for n in args.episodes:
-        scenarios = make_scenarios(n=n // GROUP, seed=1)  # G episodes per scenario
-        prompts = [agent.encode(s.prompt) for s in scenarios for _ in range(GROUP)]
+        scenarios = make_scenarios(n=n // GROUP, seed=1)
+        episodes = [s for s in scenarios for _ in range(GROUP)]  # G episodes per scenario
+        prompts = [agent.encode(s.prompt) for s in episodes]
         rates: dict[str, list[float]] = {"padded": [], "continuous": []}
         for _ in range(args.repeats):
-            for name, fn in (("padded", padded), ("continuous", continuous)):
+            for name, fn, data in (
+                ("padded", limit, episodes),
+                ("continuous", continuous, prompts),
+            ):
                 start = time.perf_counter()
-                tokens = fn(agent, prompts, args.max_new_tokens)
+                tokens = fn(agent, data, args.max_new_tokens)
                 rates[name].append(tokens / (time.perf_counter() - start))
         med = {k: round(statistics.median(v), 1) for k, v in rates.items()}
         ratio = round(med["continuous"] / med["padded"], 2)
