@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument("--steps", type=int, default=90, help="RL steps (default: 90)")
     demo.add_argument(
-        "--warmstart-steps", type=int, default=260, help="supervised steps (default: 260)"
+        "--warmstart-steps", type=int, default=360, help="supervised steps (default: 360)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
