@@ -96,6 +96,11 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
         (tmp / "trainer.json").write_text(json.dumps(state), encoding="utf-8")
         trainer.config.save(tmp / "config.json")
         _fsync_tree(tmp)
+        if keep >= 2:
+            # Make room before the new one appears, so a kill at any moment leaves at most
+            # `keep` checkpoints, the newest complete one among them.
+            for old in [c for c in list_checkpoints(trainer.run_dir) if c != final][: 1 - keep]:
+                shutil.rmtree(old, ignore_errors=True)
         if final.exists():  # the same step saved again: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
