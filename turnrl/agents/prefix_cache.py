@@ -194,7 +194,25 @@ def share_prompts(
     if not shared:
         return [], 0
     input_ids, attention_mask = layout_prompts(shared, [0] * len(shared), pad_token_id)
-    device = next(model.parameters()).device
+    cache = prefill(model, input_ids, attention_mask)
+    if cache is None:
+        return [], input_ids.numel()
+    no_completions: list[list[int]] = [[] for _ in shared]
+    bound = len(store) + len(shared)  # evict nothing: these are consumed right away
+    keep_prefixes(
+        store, shared, no_completions, attention_mask, cache, max_entries=bound, max_tokens=None
+    )
+    return [_token_key(s) for s in shared], input_ids.numel()
+
+
+def prefill(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> DynamicCache | None:
+    """The KV cache of a (left-padded) batch of prompts, or None when the model's cache
+    cannot be reused (see :func:`supports_reuse`). Logits are kept for the last column only.
+    """
+    params = getattr(model, "parameters", None)  # a wrapper without them: keep the inputs'
+    device = next(params()).device if params else input_ids.device
     kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
     out = model(
         input_ids=input_ids.to(device),
@@ -204,15 +222,7 @@ def share_prompts(
         **kwargs,
     )
     cache = output_cache(out)
-    if not supports_reuse(model, cache):
-        return [], input_ids.numel()
-    assert isinstance(cache, DynamicCache)
-    no_completions: list[list[int]] = [[] for _ in shared]
-    bound = len(store) + len(shared)  # evict nothing: these are consumed right away
-    keep_prefixes(
-        store, shared, no_completions, attention_mask, cache, max_entries=bound, max_tokens=None
-    )
-    return [_token_key(s) for s in shared], input_ids.numel()
+    return cache if supports_reuse(model, cache) else None  # type: ignore[return-value]
 
 
 def output_cache(output: object) -> Cache | None:

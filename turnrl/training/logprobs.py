@@ -34,12 +34,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from transformers.cache_utils import DynamicCache
 
-from turnrl.agents.prefix_cache import (
-    CACHE_KWARG,
-    forward_parameters,
-    output_cache,
-    supports_reuse,
-)
+from turnrl.agents.prefix_cache import CACHE_KWARG, prefill
 
 
 def selective_log_softmax(
@@ -148,14 +143,9 @@ def _logits_over_shared_prefix(
     # Under DDP the prefix runs through the inner module: the wrapper expects one forward
     # per backward, and the parameters' gradients (which its hooks reduce) still sum both.
     inner = model.module if isinstance(model, DistributedDataParallel) else model
-    only_last = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(inner) else {}
-    head = inner(
-        input_ids=heads, attention_mask=torch.ones_like(heads), use_cache=True, **only_last
-    )
-    cache = output_cache(head)
-    if not supports_reuse(inner, cache):
+    cache = prefill(inner, heads, torch.ones_like(heads))
+    if cache is None:
         return None
-    assert isinstance(cache, DynamicCache)
     rows = DynamicCache(
         [(x.keys.index_select(0, inverse), x.values.index_select(0, inverse)) for x in cache.layers]
     )  # (N, H, P, D) per layer
