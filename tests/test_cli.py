@@ -159,3 +159,162 @@ def test_every_command_explains_itself(command, capsys):
         build_parser().parse_args([command, "--help"])
     assert exit_info.value.code == 0
     assert len(capsys.readouterr().out) > 200
+
+
+def test_train_into_a_directory_holding_a_run_is_refused(trained_run, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    before = (trained_run / "metrics.jsonl").read_text()
+    assert main(["train", CONFIG, "--set", f"run.output_dir={trained_run}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert (trained_run / "metrics.jsonl").read_text() == before
+    assert main(["train", CONFIG, "--force-resume"]) == 2
+    assert "--force-resume goes with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-generations", "0"], "num_generations must be >= 1"),
+        (["--max-scenarios", "-1"], "max_scenarios must be >= 1"),
+    ],
+)
+def test_eval_refuses_impossible_counts(trained_run, args, message, capsys):
+    assert main(["eval", str(trained_run), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_export_never_overwrites(trained_run, tmp_path, capsys):
+    taken = tmp_path / "model.bin"
+    taken.write_text("precious")
+    assert main(["export", str(trained_run), str(taken)]) == 2
+    assert "already exists" in capsys.readouterr().err and taken.read_text() == "precious"
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert main(["export", str(trained_run), str(tmp_path / "full")]) == 2
+
+
+def test_max_new_tokens_beyond_the_context_fails_the_dry_run(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    args = ["--set", f"run.output_dir={tmp_path}/x", "--set", "generation.max_new_tokens=5000"]
+    assert main(["train", CONFIG, "--dry-run", *args]) == 2
+    assert "max_new_tokens=5000 does not fit the model's context of 1024" in capsys.readouterr().err
+
+
+def test_dry_run_names_an_output_dir_that_is_a_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "file").write_text("")
+    assert main(["train", CONFIG, "--dry-run", "--set", f"run.output_dir={tmp_path}/file"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def copy_checkpoint(trained_run, tmp_path):
+    """A copy of the run's checkpoint, in a run directory without final/."""
+    import shutil
+
+    checkpoint = latest_checkpoint(trained_run)
+    copy = tmp_path / "run" / "checkpoints" / checkpoint.name
+    shutil.copytree(checkpoint, copy)
+    return copy
+
+
+def test_stray_checkpoint_folders_are_ignored_by_eval(trained_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    copy = copy_checkpoint(trained_run, tmp_path)
+    (copy.parent / "step-best").mkdir()  # a hand-made folder: not a checkpoint
+    assert main(["eval", str(tmp_path / "run"), "--max-scenarios", "1", "--greedy"]) == 0
+    assert f"model      : {copy}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: (c / "trainer.json").write_text('{"step": "two"}'), r"trainer.json: expected"),
+        (lambda c: (c / "trainer.json").write_text("{not json"), r"trainer.json: not valid JSON"),
+        (lambda c: (c / "model.safetensors").write_bytes(b"junk"), r"cannot load the weights"),
+        (lambda c: (c / "config.json").write_text("[]"), r"config.json: expected a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_corrupt_checkpoint_is_named(
+    trained_run, tmp_path, capsys, monkeypatch, damage, message, command
+):
+    import re
+
+    monkeypatch.chdir(ROOT)
+    copy = copy_checkpoint(trained_run, tmp_path)
+    damage(copy)
+    args = (
+        [str(copy), "--config", CONFIG] if command == "eval" else [str(copy), str(tmp_path / "o")]
+    )
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "turnrl.training.trainer:RolloutFailureError",
+        "turnrl.training.trainer:NonFiniteError",
+        "builtins:PermissionError",
+        "turnrl.environments.checker:EnvContractError",
+        "turnrl.training.rundir:RunDirError",
+    ],
+)
+def test_user_errors_during_training_are_one_line(error, capsys, monkeypatch):
+    from turnrl.experiment import import_object
+
+    kind = import_object(error)
+
+    async def fails(*args, **kwargs):
+        raise kind("what went wrong, and the fix")
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("turnrl.runs.run_experiment", fails)
+    assert main(["train", CONFIG]) == 2
+    err = capsys.readouterr().err
+    assert err == "turnrl train: error: what went wrong, and the fix\n"
+
+
+def test_grouped_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    try:
+        from builtins import ExceptionGroup
+    except ImportError:  # Python 3.10: the backport anyio depends on
+        from exceptiongroup import ExceptionGroup
+
+    from turnrl.training.trainer import RolloutFailureError
+
+    monkeypatch.chdir(ROOT)
+
+    async def grouped(*args, **kwargs):
+        raise ExceptionGroup("tasks", [RolloutFailureError("3 of 4 episodes failed")])
+
+    monkeypatch.setattr("turnrl.runs.run_experiment", grouped)
+    assert main(["train", CONFIG]) == 2
+    assert capsys.readouterr().err == "turnrl train: error: 3 of 4 episodes failed\n"
+
+    async def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("turnrl.runs.run_experiment", bug)
+    with pytest.raises(KeyError):
+        main(["train", CONFIG])
+
+
+def test_eval_never_writes_into_a_training_run(trained_run, capsys, tmp_path):
+    before = (trained_run / "metrics.jsonl").read_text()
+    assert main(["eval", str(trained_run), "--output", str(trained_run)]) == 2
+    assert "holds a training run" in capsys.readouterr().err
+    assert (trained_run / "metrics.jsonl").read_text() == before
+    out = tmp_path / "ev"
+    for _ in range(2):  # evaluating again replaces the previous evaluation
+        assert main(["eval", str(trained_run), "--max-scenarios", "1", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["eval_results.json", "eval_samples.jsonl"]
+
+
+def test_demo_refuses_a_used_directory_before_the_warm_start(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert main(["demo", "--output", str(tmp_path), "--steps", "1"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'

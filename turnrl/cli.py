@@ -11,12 +11,17 @@
 
 Handlers print; the work is in :mod:`turnrl.runs`, :mod:`turnrl.experiment`,
 :mod:`turnrl.report` and :mod:`turnrl.training.export`. Errors a user can fix
-(a bad config value, a missing file) print one message and exit with 2.
+(a bad config value, a missing file, a run directory in use, an environment
+that fails too often) print one message and exit with 2; a bug still shows its
+traceback. ``turnrl train`` stopped by SIGINT/SIGTERM saves a checkpoint, prints
+how to resume and exits with 130/143.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -43,7 +48,11 @@ def _demo(args: argparse.Namespace) -> int:
     )
     result = anyio.run(
         lambda: run_demo(
-            args.output, warmstart_steps=args.warmstart_steps, rl_steps=args.steps, seed=args.seed
+            args.output,
+            warmstart_steps=args.warmstart_steps,
+            rl_steps=args.steps,
+            seed=args.seed,
+            overwrite=args.overwrite,
         )
     )
     if result["gain"] is None:
@@ -65,16 +74,28 @@ def _train(args: argparse.Namespace) -> int:
     from turnrl.experiment import build_experiment, load_experiment
     from turnrl.logging import configure_logging
     from turnrl.runs import dry_run, run_experiment
+    from turnrl.training.trainer import TrainingInterrupted
 
     configure_logging(args.log_level)
     _quiet_transformers()
-    config = load_experiment(args.config, profile=args.profile, overrides=args.set or ())
+    overrides = [*(args.set or ()), *(["run.overwrite=true"] if args.overwrite else [])]
+    config = load_experiment(args.config, profile=args.profile, overrides=overrides)
     experiment = build_experiment(config)
     if args.dry_run:
         result = anyio.run(dry_run, experiment)
         _print_dry_run(experiment, result)
         return 0
-    result = anyio.run(lambda: run_experiment(experiment, resume=args.resume))
+    try:
+        result = anyio.run(
+            lambda: run_experiment(experiment, resume=args.resume, force_resume=args.force_resume)
+        )
+    except TrainingInterrupted as stop:
+        print(
+            f"turnrl train: stopped by {signal.Signals(stop.signum).name} after step {stop.step}, "
+            f"checkpoint {stop.checkpoint}; resume with: {_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     print()
     for key, label in (("eval_before", "held-out reward before"), ("eval_after", "after")):
         if result[key] is not None:
@@ -83,6 +104,16 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  {'wall time':<24}: {result['wall_s'] + result['warmstart_s']:.0f} s")
     print(f"  {'run directory':<24}: {result['run_dir']}")
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``turnrl train`` command line that continues this run."""
+    words = ["turnrl", "train", args.config]
+    if args.profile:
+        words += ["--profile", args.profile]
+    for item in args.set or ():
+        words += ["--set", item]
+    return shlex.join([*words, "--resume"])
 
 
 def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
@@ -237,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmstart-steps", type=int, default=360, help="supervised steps (default: 360)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in the output directory"
+    )
     demo.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     demo.set_defaults(func=_demo)
 
@@ -268,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output directory that holds a run, deleting its metrics, "
+        "checkpoints and final model (without it such a directory is refused)",
+    )
+    train.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="with --resume: accept settings that change training (lr, group size, beta, "
+        "estimator, seed, model, ...) differing from the checkpoint's; they apply from its step",
     )
     train.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     train.set_defaults(func=_train)
@@ -328,15 +374,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "steps", 1) < 1 or getattr(args, "warmstart_steps", 1) < 0:
         print("turnrl: --steps must be >= 1 and --warmstart-steps >= 0", file=sys.stderr)
         return 2
+    if getattr(args, "force_resume", False) and not args.resume:
+        print("turnrl train: error: --force-resume goes with --resume", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
+    except KeyboardInterrupt as stop:
+        # A TrainingInterrupted (the loop stopped on a signal, after a checkpoint) or a
+        # plain Ctrl-C while loading or warm-starting, with nothing to save.
+        step = getattr(stop, "step", None)
+        done = "interrupted" if step is None else f"stopped after step {step} ({stop.checkpoint})"
+        print(f"turnrl {args.command}: {done}", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     except Exception as e:
-        from turnrl.training.checkpoint import CheckpointError  # torch is imported by now
-
-        if not isinstance(e, ValueError | FileNotFoundError | ImportError | CheckpointError):
+        # Errors raised in concurrent tasks arrive grouped; report them when all are the user's.
+        errors = _leaves(e)
+        if not all(isinstance(error, _user_errors()) for error in errors):
             raise
-        print(f"turnrl {args.command}: error: {e}", file=sys.stderr)
+        message = "; ".join(dict.fromkeys(str(error) or type(error).__name__ for error in errors))
+        print(f"turnrl {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside an exception group (nested groups flattened), or ``[error]``."""
+    # Duck-typed: on Python 3.10 anyio raises the `exceptiongroup` backport's class.
+    nested = getattr(error, "exceptions", None)
+    if isinstance(nested, tuple) and nested and all(isinstance(x, BaseException) for x in nested):
+        return [leaf for x in nested for leaf in _leaves(x)]
+    return [error]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user fixes (input, files, environment, settings), not bugs in turnrl."""
+    from turnrl.environments.checker import EnvContractError  # torch is imported by now
+    from turnrl.training.checkpoint import CheckpointError
+    from turnrl.training.rundir import RunDirError
+    from turnrl.training.trainer import NonFiniteError, RolloutFailureError
+
+    return (
+        ValueError,
+        OSError,  # missing, unreadable or unwritable files; a full disk
+        ImportError,
+        EnvContractError,
+        CheckpointError,
+        RunDirError,
+        RolloutFailureError,
+        NonFiniteError,
+    )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations, make_scenarios
 from turnrl.rewards import regex_format
 from turnrl.training.config import TrainingConfig
+from turnrl.training.rundir import preflight
 from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer, seed_everything
 from turnrl.types import Scenario
@@ -87,6 +88,7 @@ async def run_demo(
     warmstart_steps: int = 360,
     rl_steps: int = 90,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Warm-start, evaluate, train with RL, evaluate again.
 
@@ -95,10 +97,13 @@ async def run_demo(
         warmstart_steps: Supervised steps before RL.
         rl_steps: GRPO steps.
         seed: Seed for everything.
+        overwrite: Replace a previous run in ``output_dir`` (else it is refused
+            before the warm-start).
 
     Returns:
         ``eval_before``, ``eval_after``, ``gain`` and the wall time of each phase.
     """
+    preflight(output_dir, resume=False, overwrite=overwrite)
     started = time.perf_counter()
     seed_everything(seed)
     eval_scenarios, train_scenarios = demo_scenarios(seed)
@@ -122,6 +127,7 @@ async def run_demo(
 
     log.info("phase", name="rl", scenarios=len(train_scenarios), held_out=len(eval_scenarios))
     config = demo_config(output_dir, rl_steps=rl_steps, seed=seed)
+    config.run.overwrite = overwrite
     # The format component has weight 0: logged as a metric, not trained on.
     rewards = {regex_format(r"\s*-?\d+\s*"): 0.0}
     trainer = Trainer(

@@ -37,6 +37,9 @@ Choices, and why:
 * Precedence: the profile (``--profile``, else the file's ``profile``, else
   ``balanced``), then the file, then each ``--set a.b=value`` in order; a
   ``--set`` value is parsed as YAML, so ``--set optim.lr=3e-4`` is a float.
+* A key repeated in the file, or given twice with ``--set``, is an error naming
+  it (YAML and JSON parsers would keep the last one silently), and so is an
+  ``algorithm.estimator`` path that does not give an estimator.
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from turnrl.agents.engine import SamplingParams
@@ -65,6 +68,8 @@ from turnrl.training.config import (
     _describe,
     _Section,
 )
+from turnrl.training.config_files import parse_yaml, read_config_file
+from turnrl.training.estimators import check_estimator
 from turnrl.types import Message, Scenario
 
 __all__ = [
@@ -168,62 +173,70 @@ def load_experiment(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: Not a mapping, an unknown profile, a malformed override,
-            or settings that fail validation (each bad field named).
+        ValueError: Not a mapping, a key repeated in the file or in
+            ``overrides``, an unknown profile, a malformed override, settings
+            that fail validation (each bad field named), or an
+            ``algorithm.estimator`` that does not give an estimator.
     """
     source = str(path) if path is not None else "experiment"
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"experiment file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ValueError(
-                f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {e}"
-            ) from None
+        data = read_config_file(path)
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
+    given: dict[str, str] = {}
     for item in overrides:
-        data = _deep_merge(data, _parse_override(item))
+        key, patch = _parse_override(item)
+        if key in given:
+            raise ValueError(
+                f"--set {key} is given twice ({given[key]!r} and {item!r}); give it once"
+            )
+        given[key] = item
+        data = _deep_merge(data, patch)
     name = profile or data.get("profile") or "balanced"
     if name not in PROFILES:
         raise ValueError(f"{source}: unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     merged = _deep_merge(_deep_merge({}, PROFILES[name]), {**data, "profile": name})
     try:
-        return ExperimentConfig.model_validate(merged)
+        config = ExperimentConfig.model_validate(merged)
     except ValidationError as e:
         raise ValueError(f"invalid {source}:\n{_describe(e)}") from None
+    check_estimator(config.algorithm, source=source)
+    return config
 
 
-def _parse_override(item: str) -> dict[str, Any]:
+def _parse_override(item: str) -> tuple[str, dict[str, Any]]:
+    """``"a.b=value"`` -> ``("a.b", {"a": {"b": value}})``, the value parsed as YAML."""
     key, sep, raw = item.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
         raise ValueError(
             f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=3e-4"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ValueError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        value = parse_yaml(raw, f"--set {item!r}") if raw.strip() else ""
+    except ValueError as e:
+        raise ValueError(f"{e} (the value is parsed as YAML)") from None
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)  # YAML 1.1 reads "3e-4" as a string
     patch: Any = value
-    for part in reversed(key.strip().split(".")):
+    for part in reversed(key.split(".")):
         patch = {part: patch}
-    return patch
+    return key, patch
 
 
 def _looks_like_float(text: str) -> bool:
+    """A number YAML 1.1 left as a string ("3e-4"); not "inf" or "nan", which stay words."""
     try:
-        float(text)
+        number = float(text)
     except ValueError:
         return False
-    return True
+    return math.isfinite(number)
 
 
 def import_object(path: str) -> Any:

@@ -12,6 +12,7 @@ Each returns data; printing is the CLI's job.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import structlog
 
 from turnrl.experiment import Experiment, ExperimentConfig, build_experiment
 from turnrl.training.export import load_policy, resolve_policy_dir
+from turnrl.training.rundir import check_usable, preflight
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +34,8 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
     training scenario, ``num_generations`` episodes), scores it with the reward
     functions and runs the forward passes of an update (policy, reference and
     value log-probs) without a backward pass or an optimizer step. Nothing is
-    written to the run directory.
+    written to the run directory, but one that is a file or cannot be written
+    is refused, and so is a ``max_new_tokens`` beyond the model's context.
 
     Returns:
         ``trajectories`` (the group), ``metrics`` of the group, ``tokens`` in
@@ -46,6 +49,7 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
     from turnrl.training.trainer import Trainer
     from turnrl.training.update import score_batch
 
+    check_usable(experiment.config.run.output_dir)
     await check_env(experiment.env)
     config = experiment.config.model_copy(deep=True)
     with tempfile.TemporaryDirectory(prefix="turnrl-dry-run-") as tmp:
@@ -80,6 +84,7 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
             score_batch(trainer.policy, trainer.ref_model, trainer.value_model, batch, config)
             tokens = batch.num_tokens
         trainer.metrics.close()
+        trainer.close()
     return {
         "trajectories": [t for g in groups for t in g.trajectories],
         "metrics": metrics,
@@ -91,18 +96,36 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
     }
 
 
-async def run_experiment(experiment: Experiment, *, resume: bool = False) -> dict[str, Any]:
+async def run_experiment(
+    experiment: Experiment, *, resume: bool = False, force_resume: bool = False
+) -> dict[str, Any]:
     """Warm-start (when configured and not resuming), train, and plot the run.
+
+    A resumed run skips the warm-start: its checkpoint holds the warm-started
+    weights and the KL reference.
+
+    Args:
+        experiment: What to train.
+        resume: Continue from the run directory's latest checkpoint.
+        force_resume: Resume even when settings that change training differ
+            from the checkpoint's (see :class:`~turnrl.training.trainer.Trainer`).
 
     Returns:
         The trainer's summary plus ``warmstart_s`` and ``run_dir``.
+
+    Raises:
+        RunDirError: The run directory is in use, or holds a run and neither
+            ``resume`` nor ``run.overwrite`` is set (checked before the warm-start).
+        TrainingInterrupted: A SIGINT/SIGTERM stopped training after a checkpoint.
     """
+    run = experiment.config.run
+    preflight(run.output_dir, resume=resume, overwrite=run.overwrite)
     t0 = time.perf_counter()
     if experiment.config.warmstart is not None and not resume:
         log.info("phase", name="warm-start", steps=experiment.config.warmstart.steps)
         experiment.warmstart()
     warmstart_s = time.perf_counter() - t0
-    trainer = experiment.trainer(resume=resume)
+    trainer = experiment.trainer(resume=resume, force_resume=force_resume)
     summary = await trainer.train()
     return summary | {"warmstart_s": warmstart_s, "run_dir": str(trainer.run_dir)}
 
@@ -126,7 +149,12 @@ def find_experiment(target: str | Path, config: str | Path | None = None) -> Exp
     for candidate in (where, where.parent, where.parent.parent):
         file = candidate / "config.json"
         if file.is_file() and candidate.name != "final":
-            data = json.loads(file.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{file}: not valid JSON ({e}); pass --config") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{file}: expected a JSON object; pass --config")
             if "model_type" in data:  # a model's own config.json
                 continue
             if "environment" not in data:
@@ -156,14 +184,20 @@ async def evaluate_run(
         greedy: Decode greedily (one sample per scenario).
         max_scenarios: Evaluate on the first N held-out scenarios only.
         output_dir: Where ``eval_samples.jsonl`` and ``eval_results.json`` go
-            (default: ``eval/`` in the run directory).
+            (default: ``eval/`` in the run directory); a previous evaluation's
+            files there are replaced.
 
     Returns:
         The ``eval/*`` metrics, plus ``scenarios`` and ``output_dir``.
 
     Raises:
-        ValueError: No experiment config, or it has no held-out scenarios.
+        ValueError: No experiment config, it has no held-out scenarios,
+            ``num_generations`` or ``max_scenarios`` below 1, or ``output_dir``
+            holds a training run.
     """
+    for name, value in (("num_generations", num_generations), ("max_scenarios", max_scenarios)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
     experiment_config = find_experiment(target, config)
     patch: dict[str, Any] = {"temperature": 0.0} if greedy else {}
     if num_generations is not None:
@@ -173,26 +207,43 @@ async def evaluate_run(
     where = resolve_policy_dir(target)
     run_dir = where.parent.parent if (where / "trainer.json").is_file() else where.parent
     out = Path(output_dir) if output_dir is not None else run_dir / "eval"
-    experiment_config = experiment_config.model_copy(
-        update={
-            "eval": experiment_config.eval.model_copy(update=patch),
-            # The eval needs neither a reference model nor a warm-start.
-            "algorithm": experiment_config.algorithm.model_copy(update={"beta": 0.0}),
-            "run": experiment_config.run.model_copy(
-                update={"output_dir": str(out), "save_final": False}
-            ),
-            "wandb": experiment_config.wandb.model_copy(update={"enabled": False}),
-        }
-    )
-    experiment = build_experiment(experiment_config, agent=load_policy(where))
-    if not experiment.eval_scenarios:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; give a directory")
+    # A training run's directory, not a previous evaluation's (which has eval_results.json).
+    if any((out / name).exists() for name in ("checkpoints", "final")) or (
+        (out / "metrics.jsonl").exists() and not (out / "eval_results.json").exists()
+    ):
         raise ValueError(
-            "the experiment has no held-out scenarios: add scenarios.eval or "
-            "scenarios.eval_fraction to it"
+            f"--output {out} holds a training run; evaluation results would mix with it, so "
+            "give another directory"
         )
-    trainer = experiment.trainer()
-    metrics = await trainer.evaluate()
-    trainer.metrics.close()
+    with tempfile.TemporaryDirectory(prefix="turnrl-eval-") as scratch:
+        # The evaluating Trainer's own files (config, metrics) stay out of `out`.
+        experiment_config = experiment_config.model_copy(
+            update={
+                "eval": experiment_config.eval.model_copy(update=patch),
+                # The eval needs neither a reference model nor a warm-start.
+                "algorithm": experiment_config.algorithm.model_copy(update={"beta": 0.0}),
+                "run": experiment_config.run.model_copy(
+                    update={"output_dir": scratch, "save_final": False}
+                ),
+                "wandb": experiment_config.wandb.model_copy(update={"enabled": False}),
+            }
+        )
+        experiment = build_experiment(experiment_config, agent=load_policy(where))
+        if not experiment.eval_scenarios:
+            raise ValueError(
+                "the experiment has no held-out scenarios: add scenarios.eval or "
+                "scenarios.eval_fraction to it"
+            )
+        trainer = experiment.trainer()
+        try:
+            metrics = await trainer.evaluate()
+        finally:
+            trainer.metrics.close()
+            trainer.close()
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(scratch) / "eval_samples.jsonl", out / "eval_samples.jsonl")
     result = {
         **metrics,
         "scenarios": len(trainer.eval_scenarios),

@@ -52,7 +52,10 @@ def run(args, nproc=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def groups_file(tiny_path, tmp_path_factory):
-    """4 groups of 4 sampled episodes with spread rewards, saved for both runs."""
+    """4 groups of 4 sampled episodes with spread rewards, saved for both runs.
+
+    Group g's rewards are (g + 1) x (0, 0.5, 1, 0): each rank's groups have a
+    reward std of their own, unlike the whole step's (scale_rewards="batch")."""
     torch.manual_seed(0)
     agent = TransformersAgent.from_pretrained(tiny_path, sampling=SamplingParams(max_new_tokens=4))
     scenarios = make_scenarios(n=4, seed=2)
@@ -63,22 +66,34 @@ def groups_file(tiny_path, tmp_path_factory):
     import anyio
 
     groups = anyio.run(go)
-    for g in groups:
-        for i, t in enumerate(g.trajectories):
-            t.reward = float(i % 3) / 2  # spread, so advantages differ
+    for g, group in enumerate(groups):
+        for i, t in enumerate(group.trajectories):
+            t.reward = (g + 1) * float(i % 3) / 2  # spread, so advantages differ
     path = tmp_path_factory.mktemp("groups") / "groups.jsonl"
     save_jsonl(flatten(groups), path)
     return path
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "gvpo"])
-def test_two_ranks_make_the_single_process_update(groups_file, tmp_path, estimator):
-    single, double = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    done = run(["equivalence", groups_file, single, estimator])
-    assert done.returncode == 0, done.stderr[-3000:]
-    done = run(["equivalence", groups_file, double, estimator], nproc=2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = load_file(single), load_file(double)
+# Every estimator with a statistic over the whole step: scale_rewards="batch" takes the
+# std of all ranks' rewards (grpo, rloo), GVPO normalizes by all ranks' groups.
+VARIANTS = ["grpo", "grpo-batch", "rloo-batch", "gvpo"]
+
+
+@pytest.fixture(scope="module")
+def updates(groups_file, tmp_path_factory):
+    """Each variant's parameter change from one process and from two (one run of each)."""
+    out = {}
+    for name, nproc in (("one", None), ("two", 2)):
+        folder = tmp_path_factory.mktemp(name)
+        done = run(["equivalence", groups_file, folder, *VARIANTS], nproc=nproc)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[name] = {v: load_file(folder / f"{v}.safetensors") for v in VARIANTS}
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_two_ranks_make_the_single_process_update(updates, variant):
+    one, two = updates["one"][variant], updates["two"][variant]
     assert max(d.abs().max().item() for d in one.values()) > 1e-4  # a real update
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -56,3 +56,15 @@ class NoTuple(Environment):
 async def test_an_environment_breaking_the_contract_is_explained():
     with pytest.raises(EnvContractError, match="reset"):
         await check_env(NoTuple())
+
+
+def test_max_new_tokens_beyond_the_context_is_refused_at_start(tiny_agent, tmp_path):
+    config = TrainingConfig.from_profile(
+        "balanced",
+        generation={"max_new_tokens": 1024},  # the tiny model's whole context
+        run={"output_dir": str(tmp_path / "run")},
+    )
+    env = ArithmeticEnvironment(make_scenarios(n=2))
+    with pytest.raises(ValueError, match=r"max_new_tokens=1024 does not fit .* context of 1024"):
+        Trainer(tiny_agent, env, None, config)
+    assert not (tmp_path / "run").exists()

@@ -101,6 +101,7 @@ async def test_hanging_and_badly_typed_rewards_fail_their_trajectories(agent, tm
         metrics = await trainer.step(groups)
     assert metrics["rollout/failed"] == 8.0
     assert all("timed out" in t.error for g in groups for t in g)
+    cfg = config(tmp_path / "typed", rollout={"reward_timeout_s": 0.5, "max_failed_frac": 1.0})
     trainer = Trainer(agent, ArithmeticEnvironment(scenarios), {wrong_type: 1.0}, cfg)
     groups = await trainer.collect_groups()
     await trainer.step(groups)

@@ -1,5 +1,5 @@
 """SIGKILL a training process at random moments; every time the latest checkpoint loads
-and training resumes from it, and the run finally completes."""
+and training resumes from it, and the run finally completes with no temporary folder left."""
 
 import os
 import random
@@ -69,6 +69,10 @@ def test_sigkill_at_random_moments_never_loses_the_latest_checkpoint(tiny_path, 
     assert process.returncode == 0, out + _log(run_dir)
     assert f"started at step {steps_seen[-1]}" in out and "finished" in out
     assert _load_step(latest_checkpoint(run_dir), tmp_path / "probe-end") == steps_seen[-1] + 2
+    # Saves killed half-way left temporary folders; the resumes removed them.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        p.name for p in list_checkpoints(run_dir)
+    ]
 
 
 def _log(run_dir):

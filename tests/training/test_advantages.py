@@ -45,6 +45,22 @@ def test_grpo_batch_scaling():
     assert_close(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0]) / (0.2**0.5 + 1e-4))
 
 
+def test_batch_scaling_uses_the_all_rank_std_when_given():
+    """Under DDP the trainer passes the std of every rank's rewards; it must be the divisor."""
+    rewards, groups = torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]), torch.tensor([0, 0, 0, 0])
+    # centered: 1 - 0 = 1, -1/3 - 0 = -1/3; over the all-rank std 10: 1 / 10.0001 = 0.099999,
+    # -1/3 / 10.0001 = -0.033333 (this rank's own std, 0.667, would give +-1.5 and -0.5)
+    expected = torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]) / (10 + 1e-4)
+    for advantages in (grpo_advantages, rloo_advantages):
+        scaled = advantages(rewards, groups, scale="batch", batch_std=10.0)
+        unscaled = advantages(rewards, groups, scale="none")
+        assert_close(scaled, unscaled / (10 + 1e-4))
+    assert_close(grpo_advantages(rewards, groups, scale="batch", batch_std=10.0), expected)
+    # REWARDS: group 0 centered +-0.5, group 1 ties -> +-0.5 / 10.0001 = +-0.049999
+    adv = grpo_advantages(REWARDS, GROUPS, scale="batch", batch_std=10.0)
+    assert_close(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0]) / (10 + 1e-4))
+
+
 def test_unknown_scale():
     with pytest.raises(ValueError, match="scale_rewards"):
         grpo_advantages(REWARDS, GROUPS, scale="sometimes")
@@ -100,20 +116,24 @@ def test_gae_hand_worked_with_env_tokens_between_turns():
     # delta_2 = 0.5 + 0.9 * 0.3 - 0.4 = 0.37
     # delta_1 = 0.0 + 0.9 * 0.4 - 0.2 = 0.16
     # A_5 = 0.7; A_2 = 0.37 + 0.45 * 0.7 = 0.685; A_1 = 0.16 + 0.45 * 0.685 = 0.46825
+    next_value = torch.tensor([0.6])  # V(conversation including the last observation)
     adv, returns = gae_advantages(
-        rewards, values, mask, torch.tensor([False]), gamma=gamma, lam=lam
+        rewards, values, mask, torch.tensor([False]), next_value, gamma=gamma, lam=lam
     )
     assert_close(adv, torch.tensor([[0.0, 0.46825, 0.685, 0.0, 0.0, 0.7]]))
     assert_close(returns, torch.tensor([[0.0, 0.66825, 1.085, 0.0, 0.0, 1.0]]))
-    # truncated: bootstrap from values[5] = 0.9 -> delta_5 = 1.0 + 0.81 - 0.3 = 1.51, etc.
-    adv_t, _ = gae_advantages(rewards, values, mask, torch.tensor([True]), gamma=gamma, lam=lam)
-    a5 = 1.51
+    # truncated: bootstrap from the next state's value 0.6, not from values[5] = 0.9:
+    # delta_5 = 1.0 + 0.9 * 0.6 - 0.3 = 1.24, etc.
+    adv_t, _ = gae_advantages(
+        rewards, values, mask, torch.tensor([True]), next_value, gamma=gamma, lam=lam
+    )
+    a5 = 1.24
     a2 = 0.37 + 0.45 * a5
     a1 = 0.16 + 0.45 * a2
     assert_close(adv_t, torch.tensor([[0.0, a1, a2, 0.0, 0.0, a5]]))
 
 
-def _gae_loop(rewards, values, mask, truncated, gamma, lam):
+def _gae_loop(rewards, values, mask, truncated, next_values, gamma, lam):
     """The plain reference: walk each row's sampled tokens backwards, one at a time."""
     n, width = mask.shape
     adv = torch.zeros(n, width)
@@ -126,7 +146,7 @@ def _gae_loop(rewards, values, mask, truncated, gamma, lam):
             if k + 1 < len(steps):
                 next_v = values[i, steps[k + 1] - 1].item()
             else:
-                next_v = values[i, t].item() if truncated[i] else 0.0
+                next_v = next_values[i].item() if truncated[i] else 0.0
             delta = rewards[i, t].item() + gamma * next_v - v
             running = delta + gamma * lam * running
             adv[i, t] = running
@@ -143,11 +163,11 @@ def test_gae_vectorized_equals_loop_on_random_inputs():
         rewards = torch.randn(n, width, generator=gen) * mask
         values = torch.randn(n, width, generator=gen)
         truncated = torch.rand(n, generator=gen) < 0.5  # mixed terminated / truncated rows
+        next_values = torch.randn(n, generator=gen)
         gamma, lam = (0.9 + 0.1 * torch.rand(2, generator=gen)).tolist()
-        adv, _ = gae_advantages(rewards, values, mask, truncated, gamma=gamma, lam=lam)
-        assert_close(
-            adv, _gae_loop(rewards, values, mask, truncated, gamma, lam), atol=1e-5, rtol=1e-5
-        )
+        adv, _ = gae_advantages(rewards, values, mask, truncated, next_values, gamma=gamma, lam=lam)
+        expected = _gae_loop(rewards, values, mask, truncated, next_values, gamma, lam)
+        assert_close(adv, expected, atol=1e-5, rtol=1e-5)
 
 
 def _batch(rewards, groups, mask, token_rewards=None, truncated=None):
@@ -193,3 +213,20 @@ def test_estimators_from_config():
     assert_close(gae(gae_batch, torch.zeros(4, 3)), token_rewards.flip(1).cumsum(1).flip(1) * mask)
     with pytest.raises(ValueError, match="needs values"):
         gae(gae_batch)
+
+
+def test_gae_estimator_bootstraps_truncated_episodes_from_their_next_state():
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    token_rewards = torch.tensor([[0.0, 0.0, 1.0]] * 3)
+    truncated = torch.tensor([True, False, True])
+    batch = _batch(torch.ones(3), torch.tensor([0, 0, 0]), mask, token_rewards, truncated)
+    batch.terminated = torch.tensor([False, True, True])  # row 2: both -> terminal, no bootstrap
+    values = torch.full((3, 3), 0.9)  # values[last] = 0.9 must not be the bootstrap
+    gae = ESTIMATORS["gae"](AlgorithmConfig(estimator="gae", gamma=1.0, gae_lambda=1.0))
+    with pytest.raises(ValueError, match=r"next state.*encode=agent.encode"):
+        gae(batch, values)
+    batch.next_values = torch.tensor([0.25, 7.0, 7.0])
+    # gamma = lambda = 1: A_t = sum of rewards to go + bootstrap - V(s_t), V(s_t) = 0.9
+    # row 0 (truncated): 1 + 0.25 - 0.9 = 0.35 at both steps; rows 1, 2: 1 - 0.9 = 0.1
+    expected = torch.tensor([[0.0, 0.35, 0.35], [0.0, 0.1, 0.1], [0.0, 0.1, 0.1]])
+    assert_close(gae(batch, values), expected)

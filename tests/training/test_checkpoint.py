@@ -11,6 +11,7 @@ from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.logging import read_metrics
 from turnrl.training.checkpoint import CheckpointError, list_checkpoints
 from turnrl.training.config import TrainingConfig
+from turnrl.training.rundir import RunDirError
 from turnrl.training.trainer import Trainer
 
 
@@ -78,6 +79,9 @@ async def test_keep_last_k_and_broken_checkpoints_are_named(tiny_path, tmp_path)
     names = [p.name for p in list_checkpoints(tmp_path / "run")]
     assert names == ["step-000003", "step-000004"]
     latest = list_checkpoints(tmp_path / "run")[-1]
+    # The frozen reference is in every checkpoint, stored once on disk (hard links).
+    references = [(c / "reference.safetensors").stat() for c in list_checkpoints(tmp_path / "run")]
+    assert references[0].st_ino == references[1].st_ino and references[0].st_nlink == 2
     # Leftovers of a save killed half-way are ignored.
     (latest.parent / ".step-000005.tmp").mkdir()
     assert list_checkpoints(tmp_path / "run")[-1] == latest
@@ -89,11 +93,36 @@ async def test_keep_last_k_and_broken_checkpoints_are_named(tiny_path, tmp_path)
 
     older = list_checkpoints(tmp_path / "run")[0]
     (older / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(RunDirError, match=r"checkpoints after step-000003 exist \(step-000004\)"):
+        Trainer(agent, ArithmeticEnvironment(scenarios), None, config, resume=older)
+    agent, config = make(tiny_path, tmp_path / "run", overwrite=True)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read"):
         Trainer(agent, ArithmeticEnvironment(scenarios), None, config, resume=older)
+    assert len(list_checkpoints(tmp_path / "run")) == 2  # a failed resume deletes nothing
 
     agent, config = make(tiny_path, tmp_path / "empty")
     with pytest.raises(CheckpointError, match="has no checkpoint"):
+        Trainer(agent, ArithmeticEnvironment(scenarios), None, config, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("contents", "named"),
+    [
+        ("{broken", r"trainer\.json: not valid JSON"),
+        ('{"step": 1}', r"trainer\.json: expected \{step, order, order_rng\}.*'order'"),
+        ('{"step": -3, "order": [], "order_rng": [3, [1], null]}', r"step must be an integer >= 0"),
+        ('{"step": 1, "order": ["a"], "order_rng": [3, [1], null]}', r"order must be a list"),
+        ('{"step": 1, "order": [], "order_rng": "x"}', r"trainer\.json: expected"),
+    ],
+)
+@pytest.mark.anyio
+async def test_bad_trainer_json_is_named_on_resume(tiny_path, tmp_path, contents, named):
+    scenarios = make_scenarios(n=4)
+    agent, config = make(tiny_path, tmp_path / "run", max_steps=1, checkpoint_every=1)
+    await Trainer(agent, ArithmeticEnvironment(scenarios), None, config).train()
+    (list_checkpoints(tmp_path / "run")[-1] / "trainer.json").write_text(contents)
+    agent, config = make(tiny_path, tmp_path / "run", max_steps=1, checkpoint_every=1)
+    with pytest.raises(CheckpointError, match=named):
         Trainer(agent, ArithmeticEnvironment(scenarios), None, config, resume=True)
 
 

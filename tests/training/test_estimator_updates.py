@@ -11,13 +11,17 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from turnrl.environments.base import Environment, StepResult
 from turnrl.training.advantages import ESTIMATORS
-from turnrl.training.batch import RolloutBatch
+from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.logprobs import token_logprobs
 from turnrl.training.losses import gvpo_loss, gvpo_weights
+from turnrl.training.rollout import run_episode
+from turnrl.training.trainer import Trainer
 from turnrl.training.update import Optimization, estimate, policy_update, score_batch
 from turnrl.training.value import ValueModel
+from turnrl.types import Scenario, TrajectoryGroup, user
 
 VOCAB = 24
 
@@ -60,6 +64,13 @@ def synthetic_batch(model, *, groups=2, size=4, width=10, seed=0):
     with torch.no_grad():
         behavior = token_logprobs(model, ids, attention) * mask
     truncated = torch.arange(n) % 3 == 0
+    # A truncated row's next state: its sequence, then 3 tokens of a last observation.
+    next_ids = torch.zeros(n, width + 3, dtype=torch.long)
+    next_mask = torch.zeros(n, width + 3, dtype=torch.long)
+    for i in truncated.nonzero().squeeze(-1).tolist():
+        length = int(attention[i].sum())
+        next_ids[i, : length + 3] = torch.cat([ids[i, :length], ids[i, :3]])
+        next_mask[i, : length + 3] = 1
     return RolloutBatch(
         input_ids=ids,
         attention_mask=attention,
@@ -71,6 +82,8 @@ def synthetic_batch(model, *, groups=2, size=4, width=10, seed=0):
         group_ids=torch.arange(n) // size,
         terminated=~truncated,
         truncated=truncated,
+        next_input_ids=next_ids,
+        next_attention_mask=next_mask,
     )
 
 
@@ -165,6 +178,55 @@ def test_gvpo_gradient_is_weighted_policy_gradient():
         assert_close(g, e, atol=1e-6, rtol=1e-4)
 
 
+def recipe_gvpo_update(batch, beta, micro_groups):
+    """One SGD step (lr 1) of the authors' verl recipe (recipe/gvpo: compute_policy_loss_gvpo
+    and the actor's update_policy), written out: per micro-batch,
+
+        rtheta_i    = beta * (sum_t log pi(y_i) - sum_t log pi_old(y_i))
+        r_minus_avg = R_i - mean of R over i's group      (GRPO without the std)
+        pg_loss     = sum_i 0.5 * ((rtheta_i - mean of rtheta over i's group) - r_minus_avg_i)^2
+                      / (n - 1)
+        (pg_loss / gradient_accumulation).backward()
+
+    with gradient_accumulation = the number of micro-batches, then one optimizer step."""
+    policy = small_model()
+    before = [p.detach().clone() for p in policy.parameters()]
+    n = int((batch.group_ids == 0).sum())
+    groups = batch.group_ids.unique().tolist()
+    micros = [groups[i : i + micro_groups] for i in range(0, len(groups), micro_groups)]
+    for micro in micros:
+        rows = torch.isin(batch.group_ids, torch.tensor(micro)).nonzero().squeeze(-1)
+        mask = batch.loss_mask[rows]
+        log_prob = token_logprobs(policy, batch.input_ids[rows], batch.attention_mask[rows])
+        old_log_prob = log_prob.detach()  # on-policy, as the recipe does
+        rtheta = ((log_prob * mask).sum(-1) - (old_log_prob * mask).sum(-1)) * beta
+        uid, rewards = batch.group_ids[rows], batch.rewards[rows]
+        pg_loss = 0
+        for i in range(len(rows)):
+            same = uid == uid[i]
+            r_minus_avg = rewards[i] - rewards[same].mean()
+            pg_loss += 0.5 * ((rtheta[i] - rtheta[same].detach().mean()) - r_minus_avg) ** 2
+        pg_loss = pg_loss / (n - 1)
+        (pg_loss / len(micros)).backward()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p -= p.grad
+    return [p.detach() - b for p, b in zip(policy.parameters(), before, strict=True)]
+
+
+def test_gvpo_sum_reduction_reproduces_the_recipe():
+    """gvpo_group_reduction='sum' is the recipe's update; 'mean' is it divided by the groups
+    of a micro-batch (here 8 rows / 4 per group = 2)."""
+    batch = synthetic_batch(small_model(), groups=4, size=4)
+    recipe = recipe_gvpo_update(batch, beta=0.5, micro_groups=2)
+    summed, _ = one_update(config(estimator="gvpo", beta=0.5, gvpo_group_reduction="sum"), 8, batch)
+    mean, _ = one_update(config(estimator="gvpo", beta=0.5), 8, batch)
+    assert max(d.abs().max().item() for d in recipe) > 1e-5
+    for ours, theirs, averaged in zip(summed, recipe, mean, strict=True):
+        assert_close(ours, theirs, atol=2e-6, rtol=1e-4)
+        assert_close(averaged * 2, theirs, atol=2e-6, rtol=1e-4)
+
+
 def test_gvpo_weights_sum_to_zero_per_group():
     gen = torch.Generator().manual_seed(0)
     logprobs, anchor = torch.randn(12, 7, generator=gen), torch.randn(12, 7, generator=gen)
@@ -227,3 +289,101 @@ def test_ppo_estimators_refuse_groups_without_behavior_logprobs():
     with torch.no_grad():
         expected = token_logprobs(model, batch.input_ids, batch.attention_mask) * batch.loss_mask
     assert_close(scored.old_logprobs, expected)
+
+
+class TwoTurnEnv(Environment):
+    """Answers every turn with the same message. Scenario 'finish' ends at turn 2 with
+    reward 1 (terminated); scenario 'cut' is cut by a limit after turn 1 (truncated)."""
+
+    async def reset(self, *, seed=None, options=None):
+        self.scenario, self.turns = options["scenario"], 0
+        return [user("start")], {}
+
+    async def step(self, message):
+        self.turns += 1
+        finish = self.scenario.id == "finish"
+        done = finish and self.turns == 2
+        return StepResult([user("again")], float(done), done, not finish, {})
+
+
+@pytest.mark.anyio
+async def test_gae_bootstraps_a_truncated_episode_from_its_real_next_state(
+    tiny_agent, scripted_engine
+):
+    """The truncated episode 'cut' ends where 'finish' starts its second turn: its next
+    state is exactly that prompt, its bootstrap that state's value, which the value loss
+    trains (on 'finish') - unlike values[last], where no token is ever chosen."""
+    scripted_engine(tiny_agent, ["ok"] * 3)
+    env = TwoTurnEnv()
+    finish = await run_episode(tiny_agent, env, Scenario(id="finish"))
+    cut = await run_episode(tiny_agent, env, Scenario(id="cut"))
+    assert finish.terminated and len(finish.turns) == 2
+    assert cut.truncated and len(cut.turns) == 1
+    group = TrajectoryGroup(scenario=finish.scenario, trajectories=[finish, cut])
+    pad = tiny_agent.tokenizer.pad_token_id
+    batch = build_batch([group], pad_token_id=pad, encode=tiny_agent.encode)
+    state = finish.turns[1].prompt_ids  # [start, ok, again] + the generation prompt
+    assert batch.next_attention_mask[0].sum() == 0  # terminated: no next state
+    assert batch.next_input_ids[1, : len(state)].tolist() == state
+    assert batch.next_attention_mask[1].sum() == len(state)
+
+    cfg = config(estimator="gae", gamma=1.0, gae_lambda=1.0, value_coef=1.0, value_clip=None)
+    policy = tiny_agent.model
+    value = ValueModel(policy)
+    torch.nn.init.normal_(value.head.weight, std=0.05, generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.SGD(value.head.parameters(), lr=3e-3)  # train the critic only
+    optim = Optimization(
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        torch.amp.GradScaler("cuda", enabled=False),
+    )
+    estimator = ESTIMATORS["gae"](cfg.algorithm)
+
+    def bootstrap_and_state_value():
+        scored = score_batch(policy, None, value, batch, cfg)
+        last = len(cut.turns[0].prompt_ids) + len(cut.turns[0].completion_ids) - 1
+        assert scored.next_values[0] == 0
+        # 'cut' bootstraps from the value of finish's turn-2 state, not its own values[last].
+        assert_close(scored.next_values[1], scored.values[0, len(state) - 1], atol=1e-5, rtol=1e-5)
+        assert abs(scored.next_values[1] - scored.values[1, last]) > 1e-4
+        return scored, scored.next_values[1].item()
+
+    scored, before = bootstrap_and_state_value()
+    for _ in range(5):
+        estimated, _ = estimate(scored, estimator, cfg)
+        policy_update(policy, estimated, optim, cfg, value_model=value)
+        scored, after = bootstrap_and_state_value()
+    # The state's value target on 'finish' is its return, 1: the bootstrap moved to near it
+    # (-0.10 -> 1.09 here; the states of turn 1, shared by both episodes, pull it a little).
+    assert abs(after - 1.0) < 0.3 < abs(before - 1.0), (before, after)
+
+
+@pytest.mark.anyio
+async def test_trainer_gives_gae_the_next_states_of_truncated_episodes(tiny_agent, tmp_path):
+    cfg = TrainingConfig.from_profile(
+        "balanced",
+        algorithm={"estimator": "gae"},
+        generation={"max_new_tokens": 3},
+        rollout={"scenarios_per_step": 2, "num_generations": 2},
+        eval={"every": 0},
+        run={"max_steps": 1, "output_dir": str(tmp_path / "run")},
+    )
+    scenarios = [Scenario(id="cut"), Scenario(id="finish")]
+    trainer = Trainer(tiny_agent, TwoTurnEnv(), None, cfg, scenarios=scenarios)
+    seen = []
+    original = trainer.estimator
+
+    def spy(batch, values=None):
+        seen.append(batch)
+        return original(batch, values)
+
+    trainer.estimator = spy
+    head = trainer.value_model.head.weight
+    torch.nn.init.normal_(head, std=0.05, generator=torch.Generator().manual_seed(1))
+    metrics = await trainer.step()
+    assert metrics["train/optimizer_steps"] == 1.0
+    (batch,) = seen
+    cut = batch.truncated & ~batch.terminated
+    assert bool(cut.any()) and bool(batch.next_attention_mask[cut].any(-1).all())
+    assert bool((batch.next_values[~cut] == 0).all()) and bool((batch.next_values[cut] != 0).all())
+    trainer.close()

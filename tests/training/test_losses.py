@@ -143,8 +143,19 @@ def test_gvpo_loss_hand_worked():
         0.5,
     )
     assert_close(two, torch.tensor(0.105))
-    half, _ = gvpo_loss(logprobs, anchor, mask, rewards, groups, 0.5, num_groups=2)
+    half, _ = gvpo_loss(logprobs, anchor, mask, rewards, groups, 0.5, normalizer=2)
     assert_close(half, torch.tensor(0.0525))
+    # The recipe's sum over the groups of a (single) micro-batch: 0.105 + 0.105 = 0.21.
+    summed, _ = gvpo_loss(
+        logprobs.repeat(2, 1),
+        anchor.repeat(2, 1),
+        mask.repeat(2, 1),
+        rewards.repeat(2),
+        torch.tensor([0, 0, 0, 5, 5, 5]),
+        0.5,
+        normalizer=1,
+    )
+    assert_close(summed, torch.tensor(0.21))
     import pytest
 
     with pytest.raises(ValueError, match="at least two"):

@@ -46,3 +46,18 @@ def test_bad_arguments(tiny_agent):
         supervised_warmstart(tiny_agent, [], steps=1)
     with pytest.raises(ValueError, match="train_on must be"):
         supervised_warmstart(tiny_agent, demos(), steps=1, train_on="first")
+
+
+def test_stop_when_ends_the_warm_start_at_a_check(tiny_path):
+    """``stop_when`` is asked every ``check_every`` steps; True ends the warm-start there."""
+    agent = TransformersAgent.from_pretrained(tiny_path)
+    asked = []
+
+    def stop_when(step):
+        asked.append(step)
+        return step >= 4
+
+    losses = supervised_warmstart(
+        agent, demos(), steps=10, batch_size=4, stop_when=stop_when, check_every=2, log_every=100
+    )
+    assert asked == [2, 4] and len(losses) == 4

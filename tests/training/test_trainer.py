@@ -86,11 +86,12 @@ async def test_beta_zero_loads_no_reference_and_kl_is_logged(tiny_agent, tmp_pat
     env = ArithmeticEnvironment(scenarios)
     no_ref = Trainer(tiny_agent, env, None, config(tmp_path, algorithm={"beta": 0.0}))
     assert no_ref.ref_model is None
+    no_ref.close()  # let the run directory go
     with_ref = Trainer(
         tiny_agent,
         env,
         [regex_format(r"\d+")],
-        config(tmp_path, algorithm={"beta": 0.1}, run={"max_steps": 2}),
+        config(tmp_path, algorithm={"beta": 0.1}, run={"max_steps": 2, "overwrite": True}),
     )
     assert with_ref.ref_model is not None
     assert not any(p.requires_grad for p in with_ref.ref_model.parameters())
@@ -205,7 +206,7 @@ async def test_rollouts_reuse_kv_cache_unless_configured_off(tiny_agent, tmp_pat
     assert stats.reused_tokens[0] > 0 and max(stats.reused_tokens[1:]) > 0
     assert len(tiny_agent.engine.kv_store) == 0  # released once the episodes are over
 
-    off = config(tmp_path, generation={"reuse_kv_cache": False})
+    off = config(tmp_path / "off", generation={"reuse_kv_cache": False})  # its own run dir
     Trainer(tiny_agent, ArithmeticEnvironment(scenarios), None, off)
     assert tiny_agent.engine.reuse_kv_cache is False
     calls = stats.generate_calls

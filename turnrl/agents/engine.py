@@ -14,6 +14,11 @@ therefore queues requests and runs them together:
 - Requests with different sampling settings are never mixed in one call.
 - Prompts are left-padded with an attention mask; transformers derives the
   position ids from the mask, so a padded row computes what it would alone.
+- Tokens are sampled from ``softmax(logits / temperature)`` truncated by
+  ``top_p``, nothing else: the engine passes a complete generation config
+  (:func:`sampling_config`), so what a checkpoint's ``generation_config.json``
+  holds (a repetition penalty, top-k, min-p, suppressed or forced tokens,
+  beams...) is not applied. Set sampling through :class:`SamplingParams`.
 - Log-probabilities are those of the sampled tokens under the model's
   temperature-scaled distribution, without top-p or top-k truncation: the
   same quantity the training forward pass computes (see
@@ -39,9 +44,12 @@ the cache layout; the engine decides when to use it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
 
 import anyio
 import structlog
@@ -81,10 +89,17 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        # A bool is an int to Python; max_new_tokens=True would silently mean 1.
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, Integral):
+            raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
@@ -257,13 +272,9 @@ class GenerationEngine:
         prompts = [r.prompt_ids for r in batch]
         reuse = self.reuse_kv_cache  # read once: it may be switched while the batch runs
         greedy = params.temperature == 0
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p,
-            top_k=0,  # None would let transformers apply its default top-k of 50
-            eos_token_id=self.eos_token_ids,
+        config = sampling_config(
+            params,
+            eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=reuse,  # to get the cache back
         )
@@ -356,6 +367,67 @@ class GenerationEngine:
             max_entries=self.kv_cache_max_entries or 2 * self.max_batch_size,
             max_tokens=self.kv_cache_max_tokens,
         )
+
+
+class _SealedGenerationConfig(GenerationConfig):
+    """A GenerationConfig that ``generate`` cannot fill in from ``model.generation_config``.
+
+    ``generate`` completes a passed config with ``update(defaults_only=True)``:
+    every field left ``None`` is taken from the model's saved generation config
+    (a ``repetition_penalty``, ``top_k``, ``min_p``, ``suppress_tokens``,
+    ``num_beams``... shipped with the checkpoint), then from transformers' global
+    defaults. Those calls are ignored here, so the config holds exactly the
+    values it was built with (see :func:`sampling_config`). Explicit updates
+    (``defaults_only=False``) still apply. This leans on how ``generate`` merges;
+    ``tests/reliability/test_sampling_distribution.py`` fails if that changes.
+    """
+
+    def update(
+        self, defaults_only: bool = False, allow_custom_entries: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        if defaults_only:
+            return kwargs
+        return super().update(
+            defaults_only=False, allow_custom_entries=allow_custom_entries, **kwargs
+        )
+
+
+def sampling_config(
+    params: SamplingParams,
+    *,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    return_dict_in_generate: bool = False,
+) -> GenerationConfig:
+    """The complete generation config for ``params``, whatever the model's own holds.
+
+    Every field is set: transformers' global defaults (no penalty, no forced
+    or suppressed token, one beam, one sequence), then ``params``. Sampling
+    is then from ``softmax(logits / temperature)`` truncated by ``top_p`` only
+    (argmax when ``temperature`` is 0), the distribution the engine records
+    and training recomputes.
+
+    Args:
+        params: Temperature, top-p and length of the turn.
+        eos_token_ids: Tokens that end a turn.
+        pad_token_id: Token used for padding.
+        return_dict_in_generate: Ask ``generate`` for its output object (and cache).
+    """
+    greedy = params.temperature == 0
+    fields = GenerationConfig._get_default_generation_params()
+    fields.update(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=not greedy,
+        eos_token_id=list(eos_token_ids),
+        pad_token_id=pad_token_id,
+        return_dict_in_generate=return_dict_in_generate,
+    )
+    if not greedy:
+        # top_k=0: the global default is a top-k of 50. Greedy decoding builds no warpers;
+        # leaving their defaults then avoids transformers' "flags not valid" warning.
+        fields.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+    fields.pop("max_length")  # max_new_tokens sets it from the prompt length
+    return _SealedGenerationConfig(**fields)
 
 
 class _LogprobRecorder(LogitsProcessor):

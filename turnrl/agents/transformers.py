@@ -48,6 +48,19 @@ class ChatTemplateError(ValueError):
     """The tokenizer has no usable chat template."""
 
 
+class ModelLoadError(ValueError):
+    """A model directory that cannot be loaded: no weights, or unreadable files."""
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""The weight files ``from_pretrained`` looks for, one of which a model directory needs."""
+
+
 class TransformersAgent:
     """An agent backed by a Hugging Face causal LM.
 
@@ -114,6 +127,8 @@ class TransformersAgent:
 
         Raises:
             FileNotFoundError: ``path`` is not a directory with a ``config.json``.
+            ModelLoadError: The directory has no weight file (see
+                :data:`WEIGHT_FILES`), or its tokenizer or weights cannot be read.
         """
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
@@ -121,10 +136,36 @@ class TransformersAgent:
                 f"no model at {str(path)!r}: expected a local directory containing config.json "
                 "(turnrl loads models from local paths only; download or save one first)"
             )
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            held = sorted(p.name for p in path.iterdir())
+            raise ModelLoadError(
+                f"no weights in {str(path)!r}: it has config.json but none of "
+                f"{', '.join(WEIGHT_FILES)} (it holds: {', '.join(held)}). Save the model there "
+                "with save_pretrained, or point at the directory that has its weights (a run's "
+                "final/ folder, or `turnrl export` of a checkpoint)"
+            )
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError... here
+            raise ModelLoadError(
+                f"cannot load the tokenizer of {str(path)!r} ({_one_line(e)}); the directory "
+                "needs the tokenizer files save_pretrained writes (tokenizer.json, "
+                "tokenizer_config.json)"
+            ) from e
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as e:  # a truncated or corrupt weight file, missing shards...
+            raise ModelLoadError(
+                f"cannot load the model in {str(path)!r} ({_one_line(e)}); check that its "
+                "weight files are complete (save the model again if a copy was interrupted) "
+                "and that this transformers version knows its architecture"
+            ) from e
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device), tokenizer, **kwargs)
 
@@ -236,3 +277,8 @@ class TransformersAgent:
                 f"{text[: len(prefix)][-60:]!r}. Use a template that renders turns append-only."
             )
         return text[len(prefix) :]
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (transformers' messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"

@@ -32,15 +32,31 @@ Choices, and why:
 * ``Environment`` is a plain base class rather than an ``abc.ABC``: a missing
   ``reset``/``step`` fails when called, with a message naming the subclass,
   and ``turnrl.environments.check_env`` reports it before training starts.
+* The rollout checks every ``reset``/``step`` result with :func:`checked_reset`
+  and :func:`checked_step`: a wrong shape (a string, ``None``, Gym's old
+  4-tuple), a reward that is not a finite number within ``|r| <= 1e6``
+  (:mod:`turnrl.scores`) or a ``terminated``/``truncated`` that is not a bool
+  fails that episode with an ``EnvContractError`` naming the environment, the
+  value and the contract; the run goes on without it.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from turnrl.scores import check_reward
 from turnrl.types import Message, Scenario
+
+RESET_CONTRACT = "reset() must return (observation: list[Message], info: dict)"
+STEP_CONTRACT = (
+    "step() must return turnrl.environments.StepResult(observation: list[Message], "
+    "reward: float, terminated: bool, truncated: bool, info: dict)"
+)
 
 
 class StepResult(NamedTuple):
@@ -171,3 +187,108 @@ def scenario_from_options(options: dict[str, Any] | None) -> Scenario:
     raise ValueError(
         f"reset() needs a scenario: call reset(options={{'scenario': Scenario(...)}}); got {got}"
     )
+
+
+async def checked_reset(
+    env: Environment, *, seed: int | None = None, options: dict[str, Any] | None = None
+) -> tuple[list[Message], dict[str, Any]]:
+    """``await env.reset(...)``, checked against the contract.
+
+    Returns:
+        ``(observation, info)``, the observation as a list.
+
+    Raises:
+        EnvContractError: ``reset`` is not async or returned something else
+            than ``(list[Message], dict)``; the message names the environment.
+    """
+    result = await _awaited(env, "reset", env.reset(seed=seed, options=options))
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise _broken(env, "reset", f"returned {_shown(result)}", RESET_CONTRACT)
+    observation, info = result
+    observation = _observation(env, "reset", observation, RESET_CONTRACT)
+    return observation, _info(env, "reset", info, RESET_CONTRACT)
+
+
+async def checked_step(env: Environment, message: Message) -> StepResult:
+    """``await env.step(message)``, checked against the contract.
+
+    ``numpy.bool_`` flags and numpy or int rewards are accepted and converted.
+
+    Returns:
+        The result as a ``StepResult`` with a ``float`` reward and ``bool`` flags.
+
+    Raises:
+        EnvContractError: ``step`` is not async, returned something else than
+            a 5-field ``StepResult``, or a field breaks the contract (reward
+            not a finite number with ``|reward| <= 1e6``, a flag not a bool,
+            info not a dict); the message names the environment and the value.
+    """
+    result = await _awaited(env, "step", env.step(message))
+    if not isinstance(result, tuple) or len(result) != 5:
+        raise _broken(env, "step", f"returned {_shown(result)}", STEP_CONTRACT)
+    observation, reward, terminated, truncated, info = result
+    observation = _observation(env, "step", observation, STEP_CONTRACT)
+    try:
+        reward = check_reward(reward)
+    except ValueError as e:
+        raise _broken(env, "step", str(e).replace("returned", "returned reward", 1), "") from None
+    flags = []
+    for name, flag in (("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(flag, bool | np.bool_):
+            problem = f"returned {name}={_shown(flag)}, expected a bool"
+            raise _broken(env, "step", problem, "return True or False (convert with bool(...))")
+        flags.append(bool(flag))
+    return StepResult(
+        observation, reward, flags[0], flags[1], _info(env, "step", info, STEP_CONTRACT)
+    )
+
+
+def _name(env: Environment) -> str:
+    # Wrappers forward to the user's environment: name that one.
+    return type(getattr(env, "unwrapped", env)).__name__
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message: its type, a short repr, and a tuple's length."""
+    text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} values {text}"
+    return "None" if value is None else f"{type(value).__name__} {text}"
+
+
+def _broken(env: Environment, method: str, problem: str, fix: str) -> Exception:
+    # Imported here: the checker builds on this module.
+    from turnrl.environments.checker import EnvContractError
+
+    return EnvContractError(f"{_name(env)}.{method}() {problem}" + (f"; {fix}" if fix else ""))
+
+
+async def _awaited(env: Environment, method: str, call: Any) -> Any:
+    if not inspect.isawaitable(call):
+        raise _broken(
+            env,
+            method,
+            f"is not async (it returned {_shown(call)} instead of a coroutine)",
+            f"define it as `async def {method}(...)`; run blocking work with "
+            "`await anyio.to_thread.run_sync(fn, ...)`",
+        )
+    return await call
+
+
+def _observation(env: Environment, method: str, observation: Any, contract: str) -> list[Message]:
+    if not isinstance(observation, list | tuple):
+        problem = f"returned observation {_shown(observation)}, expected list[Message]"
+        raise _broken(env, method, problem, contract)
+    for i, m in enumerate(observation):
+        if not isinstance(m, Message):
+            problem = f"returned observation[{i}] {_shown(m)}, expected a Message"
+            fix = "wrap text as turnrl.types.user(text) or Message(role='user', content=text)"
+            raise _broken(env, method, problem, fix)
+    return list(observation)
+
+
+def _info(env: Environment, method: str, info: Any, contract: str) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        problem = f"returned info {_shown(info)}, expected a dict ({{}} if there is none)"
+        raise _broken(env, method, problem, contract)
+    return info

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from turnrl.environments.base import Environment, StepResult
+from turnrl.environments.base import Environment, StepResult, checked_step
 from turnrl.types import Message, Scenario
 
 log = structlog.get_logger(__name__)
@@ -147,7 +147,8 @@ class TurnLimit(Wrapper):
         return await self.env.reset(seed=seed, options=options)
 
     async def step(self, message: Message) -> StepResult:
-        result = await self.env.step(message)
+        # Checked first: a plain 5-tuple has no _replace, a bad one deserves its own error.
+        result = await checked_step(self.env, message)
         self.elapsed_turns += 1
         return apply_turn_limit(result, self.elapsed_turns, self.max_turns)
 
@@ -166,8 +167,12 @@ class Timeout(Wrapper):
 
     The limit is enforced by cancelling the call (``anyio.fail_after``), which
     interrupts it at its next ``await``. A call that blocks the event loop
-    (synchronous I/O, heavy computation) cannot be interrupted; move that work
-    to a thread with ``anyio.to_thread.run_sync`` first.
+    (``time.sleep``, synchronous I/O, heavy computation) cannot be interrupted
+    by anything in Python: every episode waits with it, and the rollout's
+    watchdog (:mod:`turnrl.watchdog`) logs ``event_loop_blocked`` naming it.
+    When such a call does return, after the limit, it fails all the same
+    (its result is dropped). Move blocking work to a thread with
+    ``await anyio.to_thread.run_sync(fn, ...)``.
 
     Args:
         env: The environment to wrap.
@@ -194,16 +199,26 @@ class Timeout(Wrapper):
         return await self._limited("step", self.env.step(message))
 
     async def _limited(self, method: str, call: Awaitable[_T]) -> _T:
+        name = type(self.env).__name__
+        started = anyio.current_time()
         try:
             with anyio.fail_after(self.seconds) as scope:
-                return await call
+                result = await call
         except TimeoutError as e:
             # Only our own deadline becomes EnvTimeoutError; a TimeoutError
             # raised by the environment itself passes through unchanged.
             if not scope.cancelled_caught:
                 raise
-            name = type(self.env).__name__
             log.warning("env_timeout", env=name, method=method, seconds=self.seconds)
             raise EnvTimeoutError(
                 f"{name}.{method}() did not finish within {self.seconds:g} s (Timeout wrapper)"
             ) from e
+        elapsed = anyio.current_time() - started
+        if elapsed > self.seconds:  # it blocked the event loop, so the deadline could not fire
+            log.warning("env_timeout", env=name, method=method, seconds=self.seconds, blocked=True)
+            raise EnvTimeoutError(
+                f"{name}.{method}() took {elapsed:.1f} s, more than its {self.seconds:g} s limit, "
+                "blocking the event loop (no await) so it could not be cancelled; make the "
+                "blocking call async or run it with `await anyio.to_thread.run_sync(fn, ...)`"
+            )
+        return result

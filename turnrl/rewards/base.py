@@ -17,25 +17,33 @@ the group, when a group-level function fails as a whole). The trainer drops
 errored trajectories. Only cancellation propagates.
 
 Accepted scores are real numbers (``int``, ``float``, ``bool`` as 0/1, numpy
-scalars); ``None``, strings, NaN and infinities are errors. Tensors are not
-accepted: call ``.item()`` / ``.tolist()`` first.
+scalars) with ``|score| <= 1e6`` (:data:`turnrl.scores.MAX_ABS_REWARD`);
+``None``, strings, NaN, infinities and absurd magnitudes are errors. Tensors
+are not accepted: call ``.item()`` / ``.tolist()`` first.
 
-Sync functions run on the event loop, one after the other; a slow sync reward
-(a sandboxed code run, an HTTP judge) should be written ``async`` or wrap its
-work in ``anyio.to_thread.run_sync``.
+Sync functions run in a worker thread, never on the event loop: a slow or
+blocking one (a sandboxed code run, a sync HTTP client, ``time.sleep``) then
+cannot freeze the rollout, and the scoring timeout (``rollout.reward_timeout_s``)
+still fires. A lifted sync function scores the trajectories of a group one
+after the other in one thread; at most ``REWARD_THREADS`` (8) such threads run
+at once (:mod:`turnrl.rewards.threads`), so a sync reward that shares state
+with other reward functions must be thread-safe. A thread cannot be killed:
+after a timeout the call is abandoned and its thread (a daemon, so it never
+delays the process exit) finishes on its own. Async functions run on the
+event loop and are cancelled at the timeout.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload, runtime_checkable
 
 import anyio
 
+from turnrl.rewards.threads import run_in_thread
+from turnrl.scores import check_reward
 from turnrl.types import Trajectory, TrajectoryGroup
 
 TrajectoryScore = Callable[[Trajectory], float | Awaitable[float]]
@@ -79,7 +87,10 @@ class RewardFunction(Protocol):
 
 
 def check_score(value: Any) -> float:
-    """``value`` as a finite float, or a ``ValueError`` saying what is wrong with it.
+    """``value`` as a float, or a ``ValueError`` saying what is wrong with it.
+
+    The check of :func:`turnrl.scores.check_reward`: a real number, finite,
+    with ``|value| <= 1e6``.
 
     Examples:
         >>> check_score(1), check_score(True), check_score(0.5)
@@ -89,16 +100,7 @@ def check_score(value: Any) -> float:
         ...
         ValueError: returned nan, expected a finite number
     """
-    # bool is an int subclass, so it passes as 0/1 without a special case.
-    if not isinstance(value, numbers.Real):
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        if value is not None:
-            shown = f"{type(value).__name__} {shown}"
-        raise ValueError(f"returned {shown}, expected a finite number")
-    score = float(value)
-    if not math.isfinite(score):
-        raise ValueError(f"returned {score}, expected a finite number")
-    return score
+    return check_reward(value)
 
 
 def _describe(name: str, error: BaseException) -> str:
@@ -113,6 +115,12 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` starts a coroutine (functions, partials, async ``__call__``)."""
+    # fn was checked callable when lifted, so its type has a __call__.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 @dataclass(frozen=True)
 class TrajectoryReward:
     """A per-trajectory function lifted to a :class:`RewardFunction`.
@@ -125,20 +133,48 @@ class TrajectoryReward:
     name: str
 
     async def __call__(self, group: TrajectoryGroup) -> list[RewardResult]:
-        """Score every trajectory of ``group``; never raises."""
+        """Score every trajectory of ``group``; never raises (except cancellation)."""
         trajectories = list(group)
+        if not trajectories:
+            return []
+        values: list[Any] = [_NOT_CALLED] * len(trajectories)
+        if not _is_async(self.fn):  # one thread for the group: calls one after the other
+            values = await run_in_thread(_call_each, self.fn, trajectories, name=self.name)
         results: list[RewardResult] = [RewardResult(0.0)] * len(trajectories)
 
-        async def score_one(k: int, trajectory: Trajectory) -> None:
+        async def score_one(k: int, value: Any) -> None:
             try:
-                results[k] = RewardResult(check_score(await _maybe_await(self.fn(trajectory))))
+                if value is _NOT_CALLED:
+                    value = self.fn(trajectories[k])
+                elif isinstance(value, _Raised):
+                    raise value.error
+                results[k] = RewardResult(check_score(await _maybe_await(value)))
             except Exception as e:  # a reward must not kill the step
                 results[k] = RewardResult(0.0, error=_describe(self.name, e))
 
         async with anyio.create_task_group() as tg:
-            for k, trajectory in enumerate(trajectories):
-                tg.start_soon(score_one, k, trajectory)
+            for k, value in enumerate(values):
+                tg.start_soon(score_one, k, value)
         return results
+
+
+_NOT_CALLED = object()
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: Exception
+
+
+def _call_each(fn: TrajectoryScore, trajectories: list[Trajectory]) -> list[Any]:
+    """``fn`` on each trajectory; an exception is kept in place of that one's value."""
+    values: list[Any] = []
+    for trajectory in trajectories:
+        try:
+            values.append(fn(trajectory))
+        except Exception as e:  # reported per trajectory by the caller
+            values.append(_Raised(e))
+    return values
 
 
 @dataclass(frozen=True)
@@ -157,7 +193,10 @@ class GroupReward:
         if n == 0:
             return []  # don't make user code handle an empty group
         try:
-            values = await _maybe_await(self.fn(group))
+            if _is_async(self.fn):
+                values = await self.fn(group)
+            else:
+                values = await _maybe_await(await run_in_thread(self.fn, group, name=self.name))
             if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
                 raise ValueError(
                     f"returned {type(values).__name__}, expected a sequence of {n} numbers"
@@ -307,9 +346,15 @@ async def score_group(reward: RewardFunction, group: TrajectoryGroup) -> list[Re
     checked = []
     for result in results:
         if result.error is None:
-            try:
-                check_score(result.score)
-            except ValueError as e:
-                result = RewardResult(0.0, error=f"{reward.name}: bad RewardResult.score ({e})")
+            # Components feed the metrics: held to the same rule as the score.
+            fields = [("score", result.score)]
+            fields += [(f"components[{key!r}]", value) for key, value in result.components.items()]
+            for where, value in fields:
+                try:
+                    check_score(value)
+                except ValueError as e:
+                    error = f"{reward.name}: bad RewardResult.{where} ({e})"
+                    result = RewardResult(0.0, error=error)
+                    break
         checked.append(result)
     return checked

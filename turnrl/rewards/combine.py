@@ -19,6 +19,8 @@ trajectory, but the trajectory is kept for training.
 :func:`score_groups` is what the trainer calls: it writes
 ``Trajectory.reward`` (environment return + reward score),
 ``Trajectory.reward_components`` and, on failure, ``Trajectory.error``.
+:func:`with_timeout` gives a reward function a time limit per group, which
+the trainer applies to ``rollout.reward_timeout_s`` in training and evaluation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 import numbers
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import anyio
 import structlog
@@ -38,7 +41,9 @@ from turnrl.rewards.base import (
     as_reward_function,
     score_group,
 )
+from turnrl.scores import mean
 from turnrl.types import Trajectory, TrajectoryGroup
+from turnrl.watchdog import watch_event_loop
 
 log = structlog.get_logger(__name__)
 
@@ -198,6 +203,50 @@ def combine(
     return WeightedReward(list(zip(rewards, weights, strict=True)), name=name)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class TimedReward:
+    """A reward function whose scoring of one group fails after ``seconds``.
+
+    Build it with :func:`with_timeout`. Async work is cancelled at the limit;
+    a sync function's thread is abandoned (see :mod:`turnrl.rewards.base`).
+
+    Attributes:
+        reward: The wrapped reward function.
+        seconds: Time limit per group.
+    """
+
+    reward: RewardFunction
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        """The wrapped function's name (metrics and components are unchanged)."""
+        return self.reward.name
+
+    async def __call__(self, group: TrajectoryGroup) -> list[RewardResult]:
+        """Score ``group``; every trajectory gets a timeout error past the limit."""
+        with anyio.move_on_after(self.seconds):
+            return await score_group(self.reward, group)
+        # Only reached when the deadline cancelled the scoring.
+        error = f"{self.name}: timed out after {self.seconds:g} s (rollout.reward_timeout_s)"
+        return [RewardResult(0.0, error=error)] * len(group)
+
+
+def with_timeout(reward: RewardFunction | None, seconds: float | None) -> RewardFunction | None:
+    """``reward`` with a time limit per group (``None`` for either: unchanged).
+
+    Raises:
+        ValueError: ``seconds`` is not a positive finite number.
+    """
+    if reward is None or seconds is None:
+        return reward
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
+    return TimedReward(reward, float(seconds))
+
+
 async def score_groups(
     groups: Sequence[TrajectoryGroup],
     reward: RewardFunction | None,
@@ -240,16 +289,14 @@ async def score_groups(
             results = [RewardResult(0.0)] * len(ok)
         else:
             sub_group = TrajectoryGroup(scenario=group.scenario, trajectories=ok)
-            with anyio.move_on_after(timeout_s) as scope:
-                results = await score_group(reward, sub_group)
-            if scope.cancelled_caught:
-                error = f"{reward.name}: timed out after {timeout_s} s"
-                results = [RewardResult(0.0, error=error)] * len(ok)
+            timed = with_timeout(reward, timeout_s) or reward
+            results = await score_group(timed, sub_group)
         outcomes[i] = list(zip(ok, results, strict=True))
 
-    async with anyio.create_task_group() as tg:
-        for i, group in enumerate(groups):
-            tg.start_soon(score, i, group)
+    with watch_event_loop(label="reward"):
+        async with anyio.create_task_group() as tg:
+            for i, group in enumerate(groups):
+                tg.start_soon(score, i, group)
 
     values_by_key: dict[str, list[float]] = defaultdict(list)
     failed = 0
@@ -261,7 +308,7 @@ async def score_groups(
             continue
         for key, value in components.items():
             values_by_key[key].append(value)
-    metrics = {f"reward/{key}_mean": sum(vs) / len(vs) for key, vs in values_by_key.items()}
+    metrics = {f"reward/{key}_mean": mean(vs) for key, vs in values_by_key.items()}
     metrics["reward/failed"] = float(failed)
     return metrics
 

@@ -17,7 +17,8 @@ Trainer (``estimator=``) or named in the config as ``"package.module:function"``
   k/(k-1) (R_i - mean R)``.
 - ``gae``: generalized advantage estimation, Schulman et al. 2016, arXiv
   1506.02438, at token level over the assistant's tokens, with a learned
-  value function (see :mod:`turnrl.training.value`).
+  value function (see :mod:`turnrl.training.value`). A truncated episode
+  bootstraps from the value of its real next state (``batch.next_values``).
 - ``gvpo``: Zhang et al. 2025, arXiv 2504.19599. GVPO is a loss, not an
   advantage (see :func:`turnrl.training.losses.gvpo_loss`); its estimator
   returns the centered rewards ``R_i - mean R``, which are GVPO's weights
@@ -132,13 +133,14 @@ def grpo_advantages(
         group_ids: Shape (N,).
         scale: ``group`` | ``batch`` | ``none`` (see the module docstring).
         eps: Added to the std before dividing.
+        batch_std: The std of the whole step's rewards for ``batch`` when the
+            step is spread over processes; default: the std of ``rewards``.
 
     Returns:
         Shape (N,).
     """
-    return scale_advantages(
-        rewards - group_mean(rewards, group_ids), rewards, group_ids, scale, eps
-    )
+    centered = rewards - group_mean(rewards, group_ids)  # (N,)
+    return scale_advantages(centered, rewards, group_ids, scale, eps, batch_std)
 
 
 def rloo_advantages(
@@ -156,6 +158,7 @@ def rloo_advantages(
         group_ids: Shape (N,). Every group needs at least two trajectories.
         scale: ``group`` | ``batch`` | ``none``.
         eps: Added to the std before dividing.
+        batch_std: As for :func:`grpo_advantages`.
 
     Returns:
         Shape (N,).
@@ -200,6 +203,7 @@ def gae_advantages(
     values: torch.Tensor,
     loss_mask: torch.Tensor,
     truncated: torch.Tensor,
+    next_values: torch.Tensor,
     *,
     gamma: float = 1.0,
     lam: float = 0.95,
@@ -210,14 +214,20 @@ def gae_advantages(
     turns are part of the transition from one assistant token to the next.
     The value of the state in which token ``t`` is chosen is ``values[t - 1]``
     (the prefix before it). After the last sampled token the next value is 0
-    when the episode terminated and ``values[last]`` (the prefix including the
-    last token) when it was truncated: the bootstrap.
+    when the episode terminated, and ``next_values`` when it was truncated:
+    the bootstrap. That is the value of the real next state, the conversation
+    including the environment's last answer (which the sequence stops short
+    of), the kind of state every later turn of an episode starts from and the
+    value loss trains. ``values[last]`` would not do: no token is chosen after
+    the last one, so the value loss never trains the value there.
 
     Args:
         token_rewards: Shape (N, T), reward received after each token.
         values: Shape (N, T), value of the prefix up to and including token t.
         loss_mask: Shape (N, T), 1 on sampled tokens.
         truncated: Shape (N,), bool: bootstrap after the last sampled token.
+        next_values: Shape (N,), the value of the state after the last sampled
+            token (read where ``truncated``).
         gamma: Discount per sampled token.
         lam: GAE's lambda.
 
@@ -236,8 +246,7 @@ def gae_advantages(
     rewards = token_rewards.gather(1, order) * valid  # (N, L)
     v = before.gather(1, order) * valid  # (N, L)
     rows = torch.arange(n, device=mask.device)
-    last = order[rows, (lengths - 1).clamp(min=0)]  # (N,) position of the last sampled token
-    bootstrap = values[rows, last] * truncated.to(values.dtype) * (lengths > 0)  # (N,)
+    bootstrap = torch.where(truncated & (lengths > 0), next_values.to(values.dtype), 0.0)  # (N,)
     next_v = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)  # (N, L)
     next_v[rows, (lengths - 1).clamp(min=0)] = bootstrap
     deltas = (rewards + gamma * next_v - v) * valid  # (N, L)
@@ -285,11 +294,22 @@ def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
     def gae(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         if values is None:
             raise ValueError("the gae estimator needs values from a value head")
+        cut = batch.truncated & ~batch.terminated  # (N,) episodes that go on: bootstrap
+        if batch.next_values is None and bool(cut.any()):
+            raise ValueError(
+                "the gae estimator bootstraps truncated episodes from the value of their next "
+                "state, and the batch has none: build it with build_batch(..., "
+                "encode=agent.encode) and score it with score_batch and a value model"
+            )
+        next_values = batch.next_values
+        if next_values is None:  # no row bootstraps
+            next_values = torch.zeros(len(cut), device=cut.device)
         advantages, _ = gae_advantages(
             batch.token_rewards,
             values,
             batch.loss_mask,
-            batch.truncated & ~batch.terminated,
+            cut,
+            next_values,
             gamma=config.gamma,
             lam=config.gae_lambda,
         )

@@ -12,16 +12,25 @@ Because the agent re-uses sampled tokens when it encodes a conversation (see
 ``turnrl.agents.transformers``), every earlier turn's prompt and completion
 sit inside that sequence at known offsets; :func:`build_batch` checks this
 instead of assuming it, and never re-tokenizes text.
+
+Next states. An episode cut by a limit (truncated, not terminated) goes on
+from the conversation including the environment's last answer, which the
+training sequence stops short of. For GAE to bootstrap from the value of that
+state, :func:`build_batch` (given the agent's ``encode``) also holds its token
+ids, as the agent would prompt itself with them (see :func:`next_state_ids`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
-from turnrl.types import Trajectory, TrajectoryGroup
+from turnrl.types import Message, Trajectory, TrajectoryGroup
+
+Encoder = Callable[[Sequence[Message]], list[int]]
+"""A conversation to the token ids of the agent's next prompt (``TransformersAgent.encode``)."""
 
 
 @dataclass
@@ -53,6 +62,12 @@ class RolloutBatch:
         returns: Value targets (gae). Shape (N, T).
         reward_std: The std of the rewards of the whole step when it spans
             several processes (for ``scale_rewards="batch"``); None: this batch's.
+        next_input_ids: Token ids of the state after each truncated episode's
+            last turn (see :func:`next_state_ids`); all padding on other rows.
+            Shape (N, S). None when no row has one.
+        next_attention_mask: 1 on the real tokens of ``next_input_ids``. Shape (N, S).
+        next_values: The critic's value of each row's next state (0 on rows
+            without one), GAE's bootstrap. Shape (N,). Set by the trainer.
     """
 
     input_ids: torch.Tensor
@@ -71,6 +86,9 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     reward_std: float | None = None
+    next_input_ids: torch.Tensor | None = None
+    next_attention_mask: torch.Tensor | None = None
+    next_values: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -91,8 +109,15 @@ class RolloutBatch:
     def select(self, index: torch.Tensor | slice) -> RolloutBatch:
         """Rows ``index``, trimmed to their longest sequence (less padding to compute)."""
         picked = self._map(lambda t: t[index])
-        width = int(picked.attention_mask.sum(-1).max()) if len(picked) else 0
-        return picked._map(lambda t: t[:, :width] if t.dim() == 2 else t)
+        width = _width(picked.attention_mask)
+        next_width = _width(picked.next_attention_mask)
+        values = {}
+        for f in fields(picked):
+            value = getattr(picked, f.name)
+            if isinstance(value, torch.Tensor) and value.dim() == 2:
+                value = value[:, : next_width if f.name.startswith("next_") else width]
+            values[f.name] = value
+        return RolloutBatch(**values)
 
     @property
     def num_tokens(self) -> int:
@@ -132,16 +157,61 @@ def sequence_layout(trajectory: Trajectory) -> tuple[list[int], list[tuple[int, 
     return ids, spans
 
 
+def next_state_ids(trajectory: Trajectory, encode: Encoder) -> list[int]:
+    """Token ids of the state after the last turn, as the agent's next prompt would hold them.
+
+    That is the conversation including the environment's last answer, rendered
+    with the generation prompt: the training sequence (the last turn's prompt
+    and completion) followed by the text the chat template adds for the last
+    answer. The tail is taken from ``encode`` of the whole conversation after
+    the last completion, so tools rendered into the head of the prompt (which
+    ``encode`` is not given here) do not change it.
+
+    Raises:
+        TokenMismatchError: ``encode`` does not keep the last completion's tokens.
+    """
+    last = trajectory.turns[-1]
+    messages = list(trajectory.initial_messages)
+    for k, turn in enumerate(trajectory.turns):
+        if k == len(trajectory.turns) - 1:
+            head = encode(messages)  # the last turn's prompt, as encode renders it
+        # The sampled ids, even for turns loaded without them on the message.
+        messages.append(turn.message.model_copy(update={"token_ids": turn.completion_ids}))
+        if k < len(trajectory.env_messages):
+            messages.extend(trajectory.env_messages[k])
+    full = encode(messages)
+    body = len(head) + len(last.completion_ids)
+    if full[:body] != head + last.completion_ids:
+        raise TokenMismatchError(
+            f"scenario {trajectory.scenario.id!r}: encoding the conversation with its last "
+            "observation does not keep the last turn's sampled tokens; build prompts by "
+            "re-using sampled tokens (TransformersAgent.encode does)"
+        )
+    return last.prompt_ids + last.completion_ids + full[body:]
+
+
 def build_batch(
-    groups: Sequence[TrajectoryGroup], *, pad_token_id: int, device: torch.device | str = "cpu"
+    groups: Sequence[TrajectoryGroup],
+    *,
+    pad_token_id: int,
+    device: torch.device | str = "cpu",
+    encode: Encoder | None = None,
 ) -> RolloutBatch:
     """Stack the non-failed trajectories of ``groups`` into a RolloutBatch.
 
     Group ids are the positions of the groups in ``groups``.
 
+    Args:
+        groups: The groups to train on.
+        pad_token_id: Fills the padding.
+        device: Where the tensors go.
+        encode: The agent's ``encode``: given, the batch holds the next state
+            of every truncated (and not terminated) episode, for GAE's
+            bootstrap (``next_input_ids``).
+
     Raises:
         ValueError: There is no trajectory to train on.
-        TokenMismatchError: See :func:`sequence_layout`.
+        TokenMismatchError: See :func:`sequence_layout` and :func:`next_state_ids`.
     """
     rows = [(g, t) for g, group in enumerate(groups) for t in group.trajectories if not t.failed]
     if not rows:
@@ -170,6 +240,18 @@ def build_batch(
         if last_end > 0:  # reward-function score lands on the last sampled token
             token_rewards[i, last_end - 1] += _total(trajectory) - trajectory.env_return
 
+    next_ids = next_mask = None
+    cut = [t.truncated and not t.terminated for _, t in rows]
+    if encode is not None and any(cut):
+        states = [
+            next_state_ids(t, encode) if c else [] for (_, t), c in zip(rows, cut, strict=True)
+        ]
+        next_ids = torch.full((n, max(map(len, states))), pad_token_id, dtype=torch.long)
+        next_mask = torch.zeros_like(next_ids)
+        for i, state in enumerate(states):
+            next_ids[i, : len(state)] = torch.tensor(state, dtype=torch.long)
+            next_mask[i, : len(state)] = 1
+
     return RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -181,7 +263,16 @@ def build_batch(
         group_ids=torch.tensor([g for g, _ in rows], dtype=torch.long),
         terminated=torch.tensor([t.terminated for _, t in rows]),
         truncated=torch.tensor([t.truncated for _, t in rows]),
+        next_input_ids=next_ids,
+        next_attention_mask=next_mask,
     ).to(device)
+
+
+def _width(attention_mask: torch.Tensor | None) -> int:
+    """The longest row of an (N, T) attention mask (0 for no rows or no mask)."""
+    if attention_mask is None or not len(attention_mask):
+        return 0
+    return int(attention_mask.sum(-1).max())
 
 
 def _total(trajectory: Trajectory) -> float:

@@ -6,6 +6,11 @@ everything the next step depends on:
 - ``model.safetensors``: every weight of the policy (with LoRA: the base model
   and the adapters);
 - ``value_model.safetensors`` when there is a critic;
+- ``reference.safetensors`` when the KL reference is a copy of the starting
+  model (it may differ from any model on disk, e.g. after a warm-start; every
+  checkpoint of a run hard-links the same file when it can). With LoRA the
+  reference is the base model under the adapters, already in
+  ``model.safetensors``;
 - ``optimizer.pt``: optimizer, LR schedule and GradScaler states (tensors and
   plain containers only);
 - ``rng.pt``: the python, numpy, torch (and CUDA) generator states;
@@ -16,9 +21,11 @@ It is written into a temporary sibling directory and renamed into place, so a
 process killed at any moment leaves the previous checkpoint or the new one,
 never half of one; only then are checkpoints beyond ``keep`` removed.
 
-Loading never unpickles code: weights come from safetensors, the rest through
-``torch.load(weights_only=True)``. A missing or mismatched file is a
-:class:`CheckpointError` naming the file.
+Only directories named ``step-N`` are checkpoints; anything else under
+``checkpoints/`` (a ``step-best`` copied by hand) is ignored. Loading never
+unpickles code: weights come from safetensors, the rest through
+``torch.load(weights_only=True)``. A missing, unreadable or mismatched file is
+a :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -26,19 +33,26 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import structlog
 import torch
 from safetensors.torch import load_model, save_model
 
 if TYPE_CHECKING:
     from turnrl.training.trainer import Trainer
+    from turnrl.training.update import Optimization
+
+log = structlog.get_logger(__name__)
 
 PREFIX = "step-"
+_NAME = re.compile(rf"{PREFIX}(\d+)")
+REFERENCE = "reference.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -55,8 +69,13 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    found = [p for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+    return sorted(found, key=step_of)
+
+
+def step_of(checkpoint: str | Path) -> int:
+    """The step a ``step-N`` checkpoint directory was written at."""
+    return int(Path(checkpoint).name[len(PREFIX) :])
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -78,6 +97,9 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
         save_model(trainer.policy, str(tmp / "model.safetensors"))
         if trainer.value_model is not None:
             trainer.value_model.save(tmp)
+        reference = reference_copy(trainer)
+        if reference is not None:
+            _save_reference(trainer, reference, tmp / REFERENCE)
         optim = trainer.optim
         torch.save(
             {
@@ -107,6 +129,8 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if reference is not None:
+        trainer._reference_file = final / REFERENCE
     for old in list_checkpoints(trainer.run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -115,6 +139,9 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
 def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
     """Restore ``trainer`` from a checkpoint directory; returns the step it was written at.
 
+    Restores the policy, the critic, the KL reference (when the checkpoint holds
+    one), the optimizer, the random generators and the scenario order.
+
     Raises:
         CheckpointError: A file is missing or unreadable, or the weights do not
             fit the trainer's model.
@@ -122,34 +149,132 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
-    weights = path / "model.safetensors"
-    _require(weights, path)
-    try:
-        load_model(trainer.policy, str(weights), strict=True)
-    except RuntimeError as e:  # missing / unexpected / misshapen tensors
-        first = str(e).strip().splitlines()[0][:300]
-        raise CheckpointError(f"{weights} does not fit the model: {first}") from None
-    except Exception as e:
-        raise CheckpointError(f"{weights}: cannot read the weights ({e})") from None
+    info = read_trainer_state(path)
+    _load_weights(trainer.policy, path / "model.safetensors")
     if trainer.value_model is not None:
-        value_file = path / "value_model.safetensors"
-        _require(value_file, path)
-        trainer.value_model.load(value_file)
+        _load_weights(trainer.value_model, path / "value_model.safetensors")
+    reference = reference_copy(trainer)
+    if reference is not None:
+        if (path / REFERENCE).is_file():
+            _load_weights(reference, path / REFERENCE)
+            trainer._reference_file = path / REFERENCE
+        else:  # written before checkpoints held the reference
+            log.warning(
+                "reference_not_in_checkpoint",
+                checkpoint=str(path),
+                action="the KL reference is the model the trainer was built with",
+            )
     optim_state = _load(path / "optimizer.pt")
     try:
         trainer.optim.optimizer.load_state_dict(optim_state["optimizer"])
         trainer.optim.scheduler.load_state_dict(optim_state["scheduler"])
         trainer.optim.scaler.load_state_dict(optim_state["scaler"])
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path / 'optimizer.pt'} does not fit the optimizer: {e}") from None
-    _set_rng_state(_load(path / "rng.pt"))
-    trainer_file = path / "trainer.json"
-    _require(trainer_file, path)
-    info = json.loads(trainer_file.read_text(encoding="utf-8"))
-    trainer.step_count = int(info["step"])
-    trainer._order = list(info["order"])
-    trainer._rng.setstate(_python_tuple(info["order_rng"]))
+    rng_file = path / "rng.pt"
+    try:
+        _set_rng_state(_load(rng_file))
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{rng_file}: not a generator state ({e})") from None
+    trainer.step_count = info["step"]
+    trainer._order = info["order"]
+    trainer._rng.setstate(info["order_rng"])
     return trainer.step_count
+
+
+def apply_optim_settings(optim: Optimization, fresh: Optimization) -> None:
+    """Give a restored optimizer the lr, weight decay and betas of ``fresh`` (a forced resume).
+
+    Loading an optimizer's state brings back the hyperparameters it was saved
+    with; this puts the new config's back, with the lr at the restored
+    schedule position.
+    """
+    scheduler, groups = optim.scheduler, optim.optimizer.param_groups
+    for group, new in zip(groups, fresh.optimizer.param_groups, strict=True):
+        for key in ("weight_decay", "betas", "initial_lr"):
+            group[key] = new[key]
+    scheduler.base_lrs = list(fresh.scheduler.base_lrs)
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The checked contents of a checkpoint's ``trainer.json``.
+
+    Returns:
+        ``step`` (int), ``order`` (list of scenario indices) and ``order_rng``
+        (a ``random.Random`` state).
+
+    Raises:
+        CheckpointError: The file is missing, not JSON, or holds other values.
+    """
+    file = Path(path) / "trainer.json"
+    _require(file, Path(path))
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+        step, order = info["step"], info["order"]
+        order_rng = _python_tuple(info["order_rng"])
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        if not isinstance(order, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in order
+        ):
+            raise ValueError("order must be a list of scenario indices")
+        random.Random().setstate(order_rng)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{file}: expected {{step, order, order_rng}} as the trainer writes them ({e})"
+        ) from None
+    return {"step": step, "order": order, "order_rng": order_rng}
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The configuration a checkpoint was written with, as the JSON mapping it holds.
+
+    Raises:
+        CheckpointError: ``config.json`` is missing or not a JSON object.
+    """
+    file = Path(path) / "config.json"
+    _require(file, Path(path))
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def reference_copy(trainer: Trainer) -> torch.nn.Module | None:
+    """The trainer's KL reference when it is a model of its own (not LoRA's base), else None."""
+    reference = getattr(trainer, "ref_model", None)
+    return reference if isinstance(reference, torch.nn.Module) else None
+
+
+def _save_reference(trainer: Trainer, reference: torch.nn.Module, file: Path) -> None:
+    """Write the reference, or hard-link the run's previous copy: it never changes."""
+    previous = getattr(trainer, "_reference_file", None)
+    if previous is not None and Path(previous).is_file():
+        try:
+            os.link(previous, file)
+            return
+        except OSError:  # no hard links on this filesystem: write a copy
+            pass
+    save_model(reference, str(file))
+
+
+def _load_weights(module: torch.nn.Module, file: Path) -> None:
+    _require(file, file.parent)
+    try:
+        load_model(module, str(file), strict=True)
+    except RuntimeError as e:  # missing / unexpected / misshapen tensors
+        first = str(e).strip().splitlines()[0][:300]
+        raise CheckpointError(f"{file} does not fit the model: {first}") from None
+    except Exception as e:
+        raise CheckpointError(f"{file}: cannot read the weights ({e})") from None
 
 
 def _require(file: Path, checkpoint: Path) -> None:

@@ -2,7 +2,11 @@
 
 One nested model per component, every field described, choices as
 ``Literal``, unknown keys rejected (``extra="forbid"``), so a typo is an error
-that names the field instead of a silently ignored setting.
+that names the field instead of a silently ignored setting. Numbers must be
+finite (``inf``/``nan`` are refused) and a boolean is not a number
+(``max_steps: true`` is refused, not read as 1). A file that repeats a key is
+refused with the key and both lines: YAML and JSON parsers keep the last value
+silently.
 
 Profiles are named starting points that differ in how hard each update
 pushes the policy (see :data:`PROFILES` and the README table):
@@ -18,25 +22,36 @@ overrides ``optim.lr``).
 
 from __future__ import annotations
 
-import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from turnrl.training.config_files import read_config_file
 
 ProfileName = Literal["conservative", "balanced", "aggressive"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1 for an int or float field; a boolean there is a mistake.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _bool_as_number(field.annotation, value):
+            raise ValueError("a boolean is not a number here; write the number itself")
+        return value
 
 
 class LoraSettings(_Section):
@@ -95,10 +110,16 @@ class RolloutConfig(_Section):
         2, ge=1, description="Groups with fewer surviving episodes are dropped."
     )
     env_timeout_s: float | None = Field(
-        None, gt=0, description="Fail an episode whose reset or step takes longer (None: no limit)."
+        300.0,
+        gt=0,
+        description="Fail an episode whose reset or step takes longer, in seconds (None: no "
+        "limit, so a hanging environment hangs the run).",
     )
     reward_timeout_s: float | None = Field(
-        None, gt=0, description="Fail a group whose reward function takes longer (None: no limit)."
+        600.0,
+        gt=0,
+        description="Fail a group whose reward function takes longer, in seconds, in training "
+        "and evaluation (None: no limit, so a hanging reward hangs the run).",
     )
     max_failed_frac: float = Field(
         0.5,
@@ -197,6 +218,13 @@ class AlgorithmConfig(_Section):
         description="gvpo: which policy plays pi_theta' - the policy that sampled the batch "
         "(the authors' choice) or the frozen reference model.",
     )
+    gvpo_group_reduction: Literal["mean", "sum"] = Field(
+        "mean",
+        description="gvpo: average the per-group losses over the step's groups (the scale does "
+        "not depend on batch or micro-batch size), or sum them over each micro-batch's groups "
+        "and average over micro-batches, as the authors' verl recipe does (its loss is "
+        "micro_batch_size / num_generations times larger; beta means the same in both).",
+    )
 
     @field_validator("estimator")
     @classmethod
@@ -232,7 +260,9 @@ class OptimConfig(_Section):
 
     lr: float = Field(1e-6, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1)."
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     min_lr_ratio: float = Field(
         0.1, ge=0, le=1, description="Cosine decay floor as a fraction of lr."
@@ -252,6 +282,13 @@ class OptimConfig(_Section):
         description="Run a prompt that several sequences of a micro-batch start with once in "
         "the log-prob forwards (a group's G copies), the rest over its KV cache.",
     )
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError(f"each AdamW beta must be in [0, 1), got {value}")
+        return value
 
 
 class EvalConfig(_Section):
@@ -282,6 +319,11 @@ class RunConfig(_Section):
     )
     keep_checkpoints: int = Field(
         2, ge=1, description="How many of the latest checkpoints to keep."
+    )
+    overwrite: bool = Field(
+        False,
+        description="Start afresh in an output_dir that holds a run, deleting its metrics, "
+        "checkpoints and final model (off: such a directory is refused unless resuming).",
     )
 
 
@@ -343,7 +385,8 @@ class TrainingConfig(_Section):
             for part in reversed(path):
                 patch = {part: patch}
             data = _deep_merge(data, patch)
-        return cls.validate_data(data, source=f"profile {name!r}")
+        source = f"profile {name!r}" + (" with overrides" if overrides else "")
+        return cls.validate_data(data, source=source)
 
     @classmethod
     def validate_data(cls, data: dict[str, Any], *, source: str = "config") -> TrainingConfig:
@@ -357,13 +400,18 @@ class TrainingConfig(_Section):
     def load(cls, path: str | Path) -> TrainingConfig:
         """Load a ``.json``, ``.yaml`` or ``.yml`` file.
 
-        A top-level ``profile: NAME`` key starts from that profile.
+        A top-level ``profile: NAME`` key starts from that profile. A custom
+        estimator's factory is imported and checked
+        (see :func:`turnrl.training.estimators.build_estimator`).
+
+        Raises:
+            FileNotFoundError: No such file.
+            ValueError: Unparsable, a repeated key, or settings that fail validation.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = read_config_file(path)
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -377,7 +425,11 @@ class TrainingConfig(_Section):
                     f"{path}: unknown profile {profile!r}; choose one of {sorted(PROFILES)}"
                 )
             data = _deep_merge(_deep_merge({}, PROFILES[profile]), data)
-        return cls.validate_data(data, source=str(path))
+        config = cls.validate_data(data, source=str(path))
+        from turnrl.training.estimators import check_estimator  # it imports this module
+
+        check_estimator(config.algorithm, source=str(path))
+        return config
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""
@@ -403,6 +455,32 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def _bool_as_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a boolean where ``annotation`` wants a number."""
+    if isinstance(value, list | tuple):
+        return any(_bool_as_number(annotation, item) for item in value)
+    if not isinstance(value, bool):
+        return False
+    kinds = _leaf_types(annotation)
+    return bool(kinds & {int, float}) and not kinds & {bool, Any}
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation is made of (``tuple[float, float] | None`` -> float, None)."""
+    if annotation is Any or (isinstance(annotation, type) and not typing.get_args(annotation)):
+        return {annotation}
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(choice) for choice in typing.get_args(annotation)}
+    if origin is dict:
+        return {dict}
+    out: set[Any] = set()
+    for arg in typing.get_args(annotation):
+        if arg is not Ellipsis:
+            out |= _leaf_types(arg)
+    return out
+
+
 def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in patch.items():
@@ -421,5 +499,6 @@ def _describe(error: ValidationError) -> str:
             item["loc"] and item["type"] != "missing" and not isinstance(item.get("input"), dict)
         )
         got = f" (got {item['input']!r})" if shown else ""
-        lines.append(f"  {where}: {item['msg']}{got}")
+        message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix says nothing
+        lines.append(f"  {where}: {message}{got}")
     return "\n".join(lines)

@@ -20,7 +20,12 @@ from typing import Any
 
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.training.checkpoint import CheckpointError, latest_checkpoint
+from turnrl.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    read_checkpoint_config,
+    read_trainer_state,
+)
 from turnrl.training.lora import _peft, add_lora, is_peft_model, merged_copy
 
 
@@ -86,35 +91,47 @@ def export_policy(path: str | Path, out: str | Path, *, merge: bool = True) -> P
 
     Returns:
         ``out``.
+
+    Raises:
+        FileExistsError: ``out`` is a file or a directory that is not empty
+            (nothing is overwritten).
     """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        kind = "directory is not empty" if out.is_dir() else "is a file"
+        raise FileExistsError(f"{out} already exists and {kind}; give a new directory")
     agent = load_policy(path)
     model = merged_copy(agent.model) if merge and is_peft_model(agent.model) else agent.model
-    out = Path(out)
     model.save_pretrained(out)
     agent.tokenizer.save_pretrained(out)
     return out
 
 
 def _from_checkpoint(where: Path, **agent_kwargs: Any) -> TransformersAgent:
+    from pydantic import ValidationError
     from safetensors.torch import load_model
 
     from turnrl.training.config import TrainingConfig
 
-    config_file = where / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{config_file}: missing (the checkpoint names its base model there)")
-    data = json.loads(config_file.read_text(encoding="utf-8"))
+    read_trainer_state(where)  # a damaged checkpoint is named before the model loads
+    data = read_checkpoint_config(where)
     fields = TrainingConfig.model_fields
-    config = TrainingConfig.model_validate({k: v for k, v in data.items() if k in fields})
+    try:
+        config = TrainingConfig.model_validate({k: v for k, v in data.items() if k in fields})
+    except ValidationError as e:
+        raise CheckpointError(f"{where / 'config.json'}: not a turnrl config ({e})") from None
     base = config.model.path if config.model.path is not None else tiny_model_path()
     agent = TransformersAgent.from_pretrained(base, dtype=config.model.dtype, **agent_kwargs)
     if config.model.lora is not None:
         agent.model = agent.engine.model = add_lora(agent.model, config.model.lora)
+    weights = where / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {where} is incomplete: model.safetensors is missing")
     try:
-        load_model(agent.model, str(where / "model.safetensors"), strict=True)
-    except (RuntimeError, FileNotFoundError) as e:
+        load_model(agent.model, str(weights), strict=True)
+    except Exception as e:  # misshapen tensors, or not a safetensors file at all
         first = str(e).strip().splitlines()[0][:300]
-        raise CheckpointError(f"{where / 'model.safetensors'}: {first}") from None
+        raise CheckpointError(f"{weights}: cannot load the weights ({first})") from None
     agent.model.eval()
     return agent
 

@@ -194,7 +194,7 @@ def gvpo_loss(
     group_ids: torch.Tensor,
     beta: float,
     *,
-    num_groups: int | None = None,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GVPO's loss: match the centered implicit rewards to the centered rewards.
 
@@ -204,12 +204,26 @@ def gvpo_loss(
 
         loss_group = 1/(k-1) * sum_i 0.5 * ((R_theta_i - mean R_theta) - (R_i - mean R))^2
 
-    and the loss is the mean of ``loss_group`` over groups. Its gradient is
+    and the loss is ``sum_groups loss_group / normalizer``: by default the mean
+    over groups. Its gradient is
     ``-beta/(k-1) * sum_i w_i grad log pi_theta(y_i)`` with
     ``w_i = (R_i - mean R) - beta * (Delta_i - mean Delta)``,
     ``Delta_i = log pi_theta(y_i) - log pi_theta'(y_i)``, and the ``w_i`` of
     a group sum to zero. ``pi_theta'`` is fixed (no gradient flows into
     ``ref_logprobs``).
+
+    Scale and beta. ``beta`` is the paper's beta: it sets the KL-regularized
+    objective whose optimum ``pi* ~ pi_theta' exp(R / beta)`` the loss is
+    minimized at, and a constant factor on the loss leaves that minimizer
+    alone. The factor is a step size: the authors' verl recipe
+    (``compute_policy_loss_gvpo``) sums ``loss_group`` over the groups of a
+    micro-batch and averages over micro-batches (gradient accumulation and
+    data-parallel ranks), so its step loss is ``groups per micro-batch`` times
+    this mean (``micro_batch_size / k``; e.g. 8 with 64 responses per GPU
+    micro-batch and k = 8). With Adam the factor mostly cancels; with SGD, or
+    against ``max_grad_norm``, use a learning rate that many times smaller to
+    match the recipe, or pass the step's micro-batch count as ``normalizer``
+    (``algorithm.gvpo_group_reduction="sum"``), which reproduces it.
 
     Args:
         logprobs: Shape (B, T), per-token log-probs under the current policy.
@@ -218,8 +232,11 @@ def gvpo_loss(
         rewards: Shape (B,), each response's reward.
         group_ids: Shape (B,), which group (prompt) each response belongs to.
         beta: The KL-regularization coefficient of GVPO.
-        num_groups: Groups in the whole optimizer step, when this call sees
-            only some of them (gradient accumulation); default: the groups present.
+        normalizer: What the sum over groups is divided by: the number of
+            groups in the whole optimizer step when this call sees only some of
+            them (gradient accumulation), or the step's number of micro-batches
+            for the recipe's sum over the groups of a micro-batch; default: the
+            number of groups present (their mean).
 
     Returns:
         ``(loss, stats)``; stats (detached): ``gvpo/implicit_reward_mean``
@@ -235,8 +252,7 @@ def gvpo_loss(
     _, dense = torch.unique(group_ids, return_inverse=True)
     counts = torch.bincount(dense).to(residual.dtype)  # (g,)
     per_response = 0.5 * residual**2 / (counts[dense] - 1)  # (B,)
-    present = len(counts)
-    loss = per_response.sum() / float(num_groups if num_groups is not None else present)
+    loss = per_response.sum() / float(normalizer if normalizer is not None else len(counts))
     with torch.no_grad():
         stats = {
             "gvpo/implicit_reward_mean": implicit.mean(),

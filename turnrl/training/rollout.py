@@ -5,9 +5,16 @@ template the user passed, and talks to the shared agent, whose engine merges
 the concurrent ``respond`` calls into batched generation. A capacity limiter
 bounds how many episodes run at once.
 
-An episode whose environment (or agent) raises is kept as a failed
-trajectory (``error`` set, logged once with its scenario id) and dropped
-later; it never takes the step down with it. An episode whose conversation
+An episode whose environment (or agent) raises, or whose environment breaks
+the contract (a ``reset``/``step`` result of the wrong shape, a reward that is
+not a finite number within ``|r| <= 1e6``, a non-bool ``terminated``; see
+:func:`~turnrl.environments.base.checked_step`), is kept as a failed
+trajectory (``error`` set, naming the environment and the value, logged once
+with its scenario id), counted in ``rollout/failed`` and dropped later; it
+never takes the step down with it. :func:`collect` runs under an event-loop
+watchdog (:mod:`turnrl.watchdog`) that names a coroutine blocking the loop,
+which no timeout can interrupt. Metrics are aggregated in float64 and never
+raise (:mod:`turnrl.scores`). An episode whose conversation
 outgrows the model's context ends there, truncated (GAE bootstraps), and is
 counted in ``rollout/context_overflow``.
 
@@ -26,7 +33,6 @@ that report them.
 from __future__ import annotations
 
 import inspect
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,9 +41,11 @@ import structlog
 
 from turnrl.agents.base import Agent
 from turnrl.agents.engine import ContextOverflowError, SamplingParams
-from turnrl.environments.base import Environment
+from turnrl.environments.base import Environment, checked_reset, checked_step
+from turnrl.scores import mean, std
 from turnrl.tools import tool_schemas
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, flatten
+from turnrl.watchdog import watch_event_loop
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +72,9 @@ async def run_episode(
     counts: dict[str, float] = {}
     try:
         episode_env = env.clone()
-        observation, info = await episode_env.reset(seed=seed, options={"scenario": scenario})
+        observation, info = await checked_reset(
+            episode_env, seed=seed, options={"scenario": scenario}
+        )
         trajectory.initial_messages = list(observation)
         conversation: list[Message] = list(observation)
         kwargs: dict[str, Any] = {} if sampling is None else {"sampling": sampling}
@@ -81,16 +91,18 @@ async def run_episode(
                 trajectory.truncated = True
                 trajectory.info = {"truncated_by": "context_length"}
                 break
-            observation, reward, terminated, truncated, info = await episode_env.step(turn.message)
+            observation, reward, terminated, truncated, info = await checked_step(
+                episode_env, turn.message
+            )
             trajectory.turns.append(turn)
-            trajectory.env_messages.append(list(observation))
-            trajectory.env_rewards.append(float(reward))
+            trajectory.env_messages.append(observation)
+            trajectory.env_rewards.append(reward)
             conversation += [turn.message, *observation]
             for key in EPISODE_COUNTS:
-                if isinstance(info, dict) and isinstance(info.get(key), int | float):
+                if isinstance(info.get(key), int | float):
                     counts[key] = counts.get(key, 0) + info[key]
             if terminated or truncated:
-                trajectory.terminated, trajectory.truncated = bool(terminated), bool(truncated)
+                trajectory.terminated, trajectory.truncated = terminated, truncated
                 trajectory.info = _jsonable(info)
                 break
         trajectory.info |= counts
@@ -147,10 +159,11 @@ async def collect(
         if on_episode is not None:
             on_episode(done, total)
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(scenarios)):
-            for j in range(num_generations):
-                tg.start_soon(play, i, j)
+    with watch_event_loop(label="rollout"):
+        async with anyio.create_task_group() as tg:
+            for i in range(len(scenarios)):
+                for j in range(num_generations):
+                    tg.start_soon(play, i, j)
     return [
         TrajectoryGroup(scenario=s, trajectories=[t for t in row if t is not None])
         for s, row in zip(scenarios, slots, strict=True)
@@ -169,19 +182,19 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
     if ok:
         turns = [t.turns for t in ok]
         metrics |= {
-            f"{prefix}/reward_mean": statistics.fmean(rewards),
-            f"{prefix}/reward_std": statistics.pstdev(rewards),
+            f"{prefix}/reward_mean": mean(rewards),
+            f"{prefix}/reward_std": std(rewards),
             f"{prefix}/reward_max": max(rewards),
             f"{prefix}/reward_min": min(rewards),
-            f"{prefix}/turns_mean": statistics.fmean(len(ts) for ts in turns),
-            f"{prefix}/completion_tokens_mean": statistics.fmean(
+            f"{prefix}/turns_mean": mean(len(ts) for ts in turns),
+            f"{prefix}/completion_tokens_mean": mean(
                 sum(len(turn.completion_ids) for turn in ts) for ts in turns
             ),
-            f"{prefix}/truncated_frac": statistics.fmean(float(t.truncated) for t in ok),
+            f"{prefix}/truncated_frac": mean(float(t.truncated) for t in ok),
             f"{prefix}/context_overflow": float(
                 sum(t.info.get("truncated_by") == "context_length" for t in ok)
             ),
-            f"{prefix}/finish_length_frac": statistics.fmean(
+            f"{prefix}/finish_length_frac": mean(
                 float(any(turn.finish_reason == "length" for turn in t.turns)) for t in ok
             ),
             f"{prefix}/empty_turns": float(
@@ -194,7 +207,7 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
             for name, value in t.reward_components.items():
                 components.setdefault(name, []).append(value)
         for name, values in components.items():
-            metrics[f"{prefix}/reward/{name}"] = statistics.fmean(values)
+            metrics[f"{prefix}/reward/{name}"] = mean(values)
     return metrics
 
 
@@ -204,10 +217,55 @@ def _tool_metrics(ok: Sequence[Trajectory], prefix: str) -> dict[str, float]:
         return {}
     calls = [float(t.info.get("tool_calls", 0)) for t in ok]
     return {
-        f"{prefix}/tool_calls": statistics.fmean(calls),
-        f"{prefix}/tool_errors": statistics.fmean(float(t.info.get("tool_errors", 0)) for t in ok),
-        f"{prefix}/tool_use_frac": statistics.fmean(float(c > 0) for c in calls),
+        f"{prefix}/tool_calls": mean(calls),
+        f"{prefix}/tool_errors": mean(float(t.info.get("tool_errors", 0)) for t in ok),
+        f"{prefix}/tool_use_frac": mean(float(c > 0) for c in calls),
     }
+
+
+def check_environment(env: Any) -> Environment:
+    """``env`` if it is a turnrl Environment, else a ``TypeError`` saying how to make one.
+
+    Raises:
+        TypeError: ``env`` is None or not an :class:`~turnrl.environments.Environment`.
+    """
+    if isinstance(env, Environment):
+        return env
+    raise TypeError(
+        f"env must be a turnrl Environment, got {type(env).__name__}: subclass "
+        "turnrl.environments.Environment and write `async def reset(self, *, seed=None, "
+        "options=None)` returning (list[Message], dict) and `async def step(self, message)` "
+        "returning StepResult(observation, reward, terminated, truncated, info); for a "
+        "Gymnasium env use turnrl.environments.gym.GymEnvironment"
+    )
+
+
+def check_scenarios(scenarios: Any, name: str = "scenarios") -> list[Scenario]:
+    """``scenarios`` as a list of Scenario, or a ``TypeError`` saying how to build them.
+
+    Args:
+        scenarios: What the user passed (any iterable).
+        name: The argument's name, for the message.
+
+    Raises:
+        TypeError: ``scenarios`` is a string or not iterable, or holds
+            something other than :class:`~turnrl.types.Scenario` objects.
+    """
+    how = (
+        "build them as Scenario(id='q1', prompt=[user('What is 2+2?')], data={'answer': '4'}) "
+        "(from turnrl.types import Scenario, user), or load a file with "
+        "turnrl.scenarios.load_scenarios"
+    )
+    if isinstance(scenarios, str | bytes | Scenario) or not hasattr(scenarios, "__iter__"):
+        raise TypeError(f"{name} must be a list of Scenario, got {type(scenarios).__name__}; {how}")
+    items = list(scenarios)
+    for i, item in enumerate(items):
+        if not isinstance(item, Scenario):
+            shown = repr(item) if len(repr(item)) <= 40 else repr(item)[:37] + "..."
+            raise TypeError(
+                f"{name}[{i}] is a {type(item).__name__} ({shown}), not a Scenario; {how}"
+            )
+    return items
 
 
 def offered_tools(env: Environment) -> list[dict[str, Any]] | None:

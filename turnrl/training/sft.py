@@ -10,7 +10,7 @@ demonstrations go through the same tokenization and loss mask as rollouts
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import structlog
@@ -38,6 +38,8 @@ def supervised_warmstart(
     train_on: Literal["all", "last"] = "all",
     micro_batch_size: int = 16,
     tools: Sequence[Any] | None = None,
+    stop_when: Callable[[int], bool] | None = None,
+    check_every: int = 20,
 ) -> list[float]:
     """Fine-tune ``agent.model`` on the assistant turns of ``conversations``.
 
@@ -57,9 +59,13 @@ def supervised_warmstart(
             demonstrations' prompts render them as the rollouts' will. Only
             matters for chat templates that render tools
             (``agent.renders_tools``).
+        stop_when: Called with the step number every ``check_every`` steps;
+            returning True ends the warm-start there (``steps`` is then the
+            most it may take, and the learning-rate schedule spans it).
+        check_every: Steps between calls of ``stop_when``.
 
     Returns:
-        The loss of every step.
+        The loss of every step taken.
     """
     if not conversations:
         raise ValueError("no demonstrations to warm-start on")
@@ -101,4 +107,8 @@ def supervised_warmstart(
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:
             log.info("warmstart", step=step, loss=round(losses[-1], 4))
+        if stop_when is not None and step % check_every == 0 and stop_when(step):
+            log.info("warmstart_stopped", step=step, loss=round(losses[-1], 4))
+            break
+    model.eval()
     return losses

@@ -4,7 +4,9 @@
 reference model and the run directory; ``await trainer.train()`` runs
 ``config.run.max_steps`` steps with evaluation on held-out scenarios before,
 every ``config.eval.every`` steps, and after training. Each step's numbers go
-to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``.
+to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``. A
+first SIGINT/SIGTERM lets the current step finish, writes a checkpoint and
+raises :class:`TrainingInterrupted` (see :mod:`.signals`, :mod:`.rundir`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib
 import json
 import random
 import resource
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -30,16 +33,21 @@ from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.logging import MetricsLogger, ensure_logging
 from turnrl.progress import Progress
-from turnrl.report import load_run_metrics, plot_run
+from turnrl.report import plot_run
 from turnrl.rewards import RewardFunction, combine, score_groups
+from turnrl.rewards.combine import with_timeout
+from turnrl.training import rundir
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
 from turnrl.training.batch import build_batch
 from turnrl.training.checkpoint import (
     CheckpointError,
+    apply_optim_settings,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
+    read_checkpoint_config,
     save_checkpoint,
+    step_of,
 )
 from turnrl.training.config import AlgorithmConfig, TrainingConfig
 from turnrl.training.distributed import (
@@ -50,8 +58,11 @@ from turnrl.training.distributed import (
     shard,
     shutdown,
 )
+from turnrl.training.estimators import build_estimator
 from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, merged_copy
-from turnrl.training.rollout import collect, rollout_metrics
+from turnrl.training.rollout import check_environment, check_scenarios, collect, rollout_metrics
+from turnrl.training.rundir import RunLock
+from turnrl.training.signals import StopSignals
 from turnrl.training.update import estimate, make_optimization, policy_update, score_batch
 from turnrl.training.value import ValueModel
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
@@ -78,11 +89,24 @@ class Trainer:
         resume: Continue a run: True for the latest checkpoint in
             ``config.run.output_dir``, or a checkpoint directory. Build the
             trainer from the same starting model and config as the original
-            run (the reference model is the starting model).
+            run; the checkpoint restores the weights, the KL reference, the
+            optimizer and the random state, so the run continues exactly.
+        force_resume: Resume even though settings that change training (lr,
+            group size, beta, estimator, seed, model...) differ from the
+            checkpoint's; the new values apply from the checkpoint's step on.
+
+    The run directory is held for the Trainer's life (until :meth:`close`,
+    which :meth:`train` calls): a second Trainer on it fails with the holder's
+    pid. A directory that already holds files is refused unless resuming or
+    ``config.run.overwrite`` is set (which removes the old run's files).
 
     Raises:
         ValueError: No scenarios to train on, an estimator that cannot be
-            found, or a setting the machine cannot honour (fp16 without CUDA).
+            found, or a setting the machine or model cannot honour (fp16
+            without CUDA, max_new_tokens beyond the model's context).
+        RunDirError: The run directory is in use, not empty, or not writable.
+        CheckpointError: The checkpoint to resume is missing, broken, or was
+            written with settings that differ (see ``force_resume``).
     """
 
     def __init__(
@@ -96,8 +120,15 @@ class Trainer:
         eval_scenarios: Sequence[Scenario] | None = None,
         estimator: AdvantageEstimator | None = None,
         resume: bool | str | Path = False,
+        force_resume: bool = False,
     ) -> None:
         ensure_logging()
+        # Checked before anything is built or changed, naming the fix.
+        env = check_environment(env)
+        if scenarios is None:
+            scenarios = check_scenarios(env.scenarios, "env.scenarios")
+        scenarios = check_scenarios(scenarios)
+        eval_scenarios = check_scenarios(eval_scenarios or (), "eval_scenarios")
         self.config = config or TrainingConfig.from_profile("balanced")
         self.dist = context_from_env()
         self._owns_group = self.dist.enabled and not torch.distributed.is_initialized()
@@ -127,14 +158,14 @@ class Trainer:
         if rollout.env_timeout_s is not None:
             env = Timeout(env, rollout.env_timeout_s)
         self.env = TurnLimit(env, rollout.max_turns) if rollout.max_turns is not None else env
-        self.rewards = _as_reward(rewards)
+        self.rewards = with_timeout(_as_reward(rewards), rollout.reward_timeout_s)
         algo = self.config.algorithm
         if estimator is not None and algo.estimator == "gvpo":
             raise ValueError(
                 "estimator=... replaces the advantage estimator of a PPO-clip loss; GVPO has its "
                 "own loss, so set config.algorithm.estimator to another kind (e.g. 'grpo')"
             )
-        self.estimator = estimator or resolve_estimator(algo.estimator)(algo)
+        self.estimator = estimator or build_estimator(algo)
         self.value_model = None
         if algo.estimator == "gae" and estimator is None:
             self.value_model = ValueModel(self.policy, separate=algo.critic == "separate")
@@ -150,28 +181,41 @@ class Trainer:
             self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optim = make_optimization(self.policy, self.config, self.value_model)
         gen = self.config.generation
+        _check_context(getattr(agent.engine, "max_context", None), gen.max_new_tokens)
         self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
         agent.engine.max_batch_size = gen.max_batch_size
         if gen.reuse_kv_cache is not None:
             agent.engine.reuse_kv_cache = gen.reuse_kv_cache
         self.run_dir = Path(self.config.run.output_dir)
-        if self.dist.is_main:  # only rank 0 writes
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / "config.json")
         self.step_count = 0
         self.progress = Progress(0, enabled=False)  # train() draws the real one
         self._nonfinite_streak = 0
         self._order: list[int] = []
         self._rng = random.Random(self.config.run.seed)
+        self._reference_file: Path | None = None  # the run's saved reference weights
+        self._signals = StopSignals()
         self.resumed_from: Path | None = None
-        if resume:
-            self.resumed_from = self._resume(resume)
-        if self.dist.is_main:
-            self.metrics: MetricsLogger | _NoMetrics = MetricsLogger(
-                self.run_dir, wandb_run=self._init_wandb(), append=self.resumed_from is not None
-            )
-        else:
-            self.metrics = _NoMetrics()
+        self._lock = RunLock(self.run_dir)
+        try:
+            if self.dist.is_main:  # only rank 0 writes
+                self._lock.acquire()
+                rundir.clean_stale_temps(checkpoint_dir(self.run_dir))
+            if resume:
+                self.resumed_from = self._resume(resume, force=force_resume)
+            elif self.dist.is_main:
+                rundir.claim_fresh(self.run_dir, overwrite=self.config.run.overwrite)
+                self.config.save(self.run_dir / "config.json")
+            if self.dist.is_main:
+                self.metrics: MetricsLogger | _NoMetrics = MetricsLogger(
+                    self.run_dir,
+                    wandb_run=self._init_wandb(),
+                    append=self.resumed_from is not None,
+                )
+            else:
+                self.metrics = _NoMetrics()
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def train(self) -> dict[str, Any]:
         """Run the configured number of steps.
@@ -179,29 +223,53 @@ class Trainer:
         Returns:
             ``eval_before``, ``eval_after`` (mean held-out reward, or None
             without eval scenarios), ``steps`` and ``wall_s``.
+
+        Raises:
+            TrainingInterrupted: A SIGINT/SIGTERM arrived; training stopped after
+                the step in flight, with a checkpoint of it (resume from there).
         """
         if self.resumed_from is None:
             # Ranks sample differently; the scenario order (self._rng) is shared.
             seed_everything(self.config.run.seed + self.dist.rank)
         finished = False
         try:
-            summary = await self._train()
+            with self._signals:
+                summary = await self._train()
             finished = True
             return summary
         finally:
             self.close(wait_for_others=finished)
 
     def close(self, *, wait_for_others: bool = True) -> None:
-        """Leave the process group this Trainer joined under torchrun (else a no-op).
+        """Release the run directory and leave the process group joined under torchrun.
 
         :meth:`train` calls it. A script that drives :meth:`step` itself should call
         it once every rank is done: a process that exits still holding a gloo group
         can abort at exit. ``wait_for_others=False`` skips the barrier (after an error,
         when other ranks may never reach it).
         """
+        self._lock.release()
         if self._owns_group:
             shutdown(wait_for_others=wait_for_others)
             self._owns_group = False
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived (on any rank: every rank stops at the same step)."""
+        if not self.dist.enabled:
+            return self._signals.received is not None
+        return not all_agree(self._signals.received is None, self.dist)
+
+    def _stop(self) -> None:
+        """Checkpoint this step (unless just written), draw the plot, raise TrainingInterrupted."""
+        checkpoint = latest_checkpoint(self.run_dir) if self.dist.is_main else None
+        if self.dist.is_main and (checkpoint is None or step_of(checkpoint) != self.step_count):
+            checkpoint = self.save_checkpoint()
+        self.metrics.close()
+        if self.config.run.plot and self.dist.is_main:
+            self._plot()
+        signum = self._signals.received or signal.SIGTERM  # a rank told by another rank
+        log.warning("stopped", step=self.step_count, checkpoint=str(checkpoint))
+        raise TrainingInterrupted(signum, self.step_count, checkpoint)
 
     async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -217,7 +285,7 @@ class Trainer:
                 # .get: when every eval episode failed there is no mean (None, logged).
                 eval_before = (await self.evaluate()).get("eval/reward_mean")
                 self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
-            while self.step_count < run.max_steps:
+            while self.step_count < run.max_steps and not self._stop_requested():
                 metrics = await self.step()
                 every, last = self.config.eval.every, self.step_count == run.max_steps
                 if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
@@ -230,6 +298,8 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             self.progress.close()
+        if self.step_count < run.max_steps:  # the loop ended early: a stop signal
+            self._stop()
         if run.save_final:
             self.save(self.run_dir / "final")
         self.metrics.close()
@@ -311,7 +381,11 @@ class Trainer:
     def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
         """Score, estimate and update on ``groups``."""
         batch = build_batch(
-            groups, pad_token_id=self.agent.tokenizer.pad_token_id, device=self.device
+            groups,
+            pad_token_id=self.agent.tokenizer.pad_token_id,
+            device=self.device,
+            # GAE bootstraps a truncated episode from the value of its real next state.
+            encode=self.agent.encode if self.value_model is not None else None,
         )
         batch = score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
         batch, metrics = estimate(batch, self.estimator, self.config, self.dist)
@@ -389,23 +463,53 @@ class Trainer:
         log.info("checkpoint_saved", step=self.step_count, path=str(path))
         return path
 
-    def _resume(self, resume: bool | str | Path) -> Path:
-        """Load a checkpoint and drop the metrics logged after it."""
+    def _resume(self, resume: bool | str | Path, *, force: bool) -> Path:
+        """Load a checkpoint after checking the run directory and the config against it.
+
+        Metrics logged after the checkpoint (by the run that went on past it) are
+        dropped; the run's ``config.json`` becomes the config in force, and
+        ``config_history.jsonl`` records what changed.
+        """
         if resume is True:
             path = latest_checkpoint(self.run_dir)
             if path is None:
                 raise CheckpointError(
-                    f"resume=True but {checkpoint_dir(self.run_dir)} has no checkpoint; set "
-                    "run.checkpoint_every to write them"
+                    f"resume=True but {checkpoint_dir(self.run_dir)} has no checkpoint (set "
+                    "run.checkpoint_every to write them); start afresh with --overwrite "
+                    "(run.overwrite=true)"
                 )
         else:
             path = Path(resume)
+        if not path.is_dir():
+            raise CheckpointError(f"no checkpoint directory at {path}")
+        overwrite, abandoned = self.config.run.overwrite, []
+        if self.dist.is_main:
+            abandoned = rundir.check_resume_target(self.run_dir, path, overwrite=overwrite)
+        changes = rundir.config_changes(
+            read_checkpoint_config(path), json.loads(self.config.model_dump_json())
+        )
+        refused = rundir.breaking(changes)
+        if refused and not force:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+            raise ResumeConfigError(
+                f"cannot resume {path} exactly: the config differs from the checkpoint's in "
+                f"settings that change training ({listed}). Restore them, or pass "
+                "--force-resume (Trainer(force_resume=True)) to apply the new values from "
+                "the checkpoint's step on"
+            )
         step = load_checkpoint(self, path)
-        metrics_file = self.run_dir / "metrics.jsonl"
-        if self.dist.is_main and metrics_file.exists():
-            kept = [r for r in load_run_metrics(self.run_dir) if r["step"] <= step]
-            metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        log.info("resumed", step=step, checkpoint=str(path))
+        if refused:  # the optimizer state brought back the old lr, betas and weight decay
+            apply_optim_settings(
+                self.optim, make_optimization(self.policy, self.config, self.value_model)
+            )
+        if self.dist.is_main:
+            rundir.record_resume(
+                self.run_dir, path, step, changes, forced=bool(refused), abandoned=abandoned
+            )
+            self.config.save(self.run_dir / "config.json")
+        if "run.max_steps" in changes and self.config.optim.min_lr_ratio < 1:
+            log.warning("lr_schedule_changed", effect="the cosine decay spans the new max_steps")
+        log.info("resumed", step=step, checkpoint=str(path), changed=sorted(changes) or None)
         return path
 
     def save(self, path: str | Path, *, merge: bool = False) -> Path:
@@ -455,6 +559,29 @@ class Trainer:
         )
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after a step, with a checkpoint to resume from.
+
+    Attributes:
+        signum: The signal.
+        step: The last completed step.
+        checkpoint: The checkpoint holding that step (None on ranks other than 0).
+        exit_code: ``128 + signum``, the shell's convention (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+            f"{checkpoint}; resume with Trainer(..., resume=True) or turnrl train --resume"
+        )
+
+
+class ResumeConfigError(CheckpointError, ValueError):
+    """The config of a resumed run differs from its checkpoint's in a setting that matters."""
+
+
 class RolloutFailureError(RuntimeError):
     """Too many episodes of a step failed (environment, agent or reward errors)."""
 
@@ -496,6 +623,15 @@ def _ddp(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Modul
         return None
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+
+def _check_context(max_context: int | None, max_new_tokens: int) -> None:
+    """Refuse a ``max_new_tokens`` that leaves no room for a prompt in the model's context."""
+    if max_context is not None and max_new_tokens >= max_context:
+        raise ValueError(
+            f"generation.max_new_tokens={max_new_tokens} does not fit the model's context of "
+            f"{max_context} tokens, which also holds the prompt; set it well below {max_context}"
+        )
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

@@ -4,7 +4,8 @@ Three stages, each a function the Trainer calls in turn:
 
 1. :func:`score_batch` (no gradients): the log-probs of the policy before the
    update (the behavior log-probs when the batch has them), the reference
-   model's log-probs, and the critic's values, a micro-batch at a time.
+   model's log-probs, and the critic's values (of every prefix, and of each
+   truncated episode's next state, GAE's bootstrap), a micro-batch at a time.
 2. :func:`estimate`: the KL penalty in the reward (``kl_penalty="reward"``),
    the estimator, advantage whitening, value targets.
 3. :func:`policy_update`: ``num_iterations`` passes over the batch, each
@@ -16,7 +17,9 @@ Per-token losses are divided by the normalizer of the whole optimizer step
 :mod:`turnrl.training.losses`), not of the micro-batch, so the update does not
 depend on how the step is split. GVPO compares responses within a group, so
 its micro-batches and mini-batches hold whole groups (a micro-batch may then
-exceed ``micro_batch_size`` to fit one group).
+exceed ``micro_batch_size`` to fit one group); with
+``gvpo_group_reduction="sum"`` its loss is summed over each micro-batch's groups
+as in the authors' recipe, so that one's scale does follow the micro-batch size.
 
 Mixed precision: ``bf16`` runs the forward passes under bf16 autocast (CPU or
 CUDA); ``fp16`` also scales the loss with a GradScaler and is CUDA-only.
@@ -191,7 +194,7 @@ def score_batch(
     batch: RolloutBatch,
     config: TrainingConfig,
 ) -> RolloutBatch:
-    """The batch with ``old_logprobs``, ``ref_logprobs`` and ``values`` filled in.
+    """The batch with ``old_logprobs``, ``ref_logprobs``, ``values`` and ``next_values``.
 
     ``old_logprobs`` are the behavior log-probs when every turn has them.
     Groups without them (replayed or demonstration data) are scored under the
@@ -248,13 +251,51 @@ def score_batch(
                 if values is not None:
                     hidden = out.hidden if out is not None and shared_values else None
                     values[rows, :w] = value_model(ids, att, hidden).float()
+    next_values = None
+    if value_model is not None and batch.next_input_ids is not None:
+        next_values = next_state_values(policy, value_model, batch, config)
     mask = batch.loss_mask
     return dataclasses.replace(
         batch,
         old_logprobs=old * mask,
         ref_logprobs=None if ref is None else ref * mask,
         values=values,
+        next_values=next_values,
     )
+
+
+@torch.no_grad()
+def next_state_values(
+    policy: torch.nn.Module, value_model: ValueModel, batch: RolloutBatch, config: TrainingConfig
+) -> torch.Tensor:
+    """The critic's value of each row's next state (``batch.next_input_ids``), 0 without one.
+
+    A next state longer than the model's context (an episode cut for outgrowing
+    it) is valued on its first ``max_position_embeddings`` tokens.
+
+    Returns:
+        Shape (N,), fp32.
+    """
+    assert batch.next_input_ids is not None and batch.next_attention_mask is not None
+    out = torch.zeros(len(batch), device=batch.input_ids.device)
+    rows = batch.next_attention_mask.any(-1).nonzero().squeeze(-1)  # (M,)
+    limit = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    device, opt = batch.input_ids.device, config.optim
+    policy.eval()
+    for chunk in rows.split(opt.micro_batch_size):
+        att = batch.next_attention_mask[chunk]
+        width = min(int(att.sum(-1).max()), limit or att.shape[1])
+        ids, att = batch.next_input_ids[chunk, :width], att[:, :width]  # (m, S)
+        with autocast(device, opt.precision):
+            hidden = None
+            if value_model.shared:
+                hidden = policy(
+                    input_ids=ids, attention_mask=att, use_cache=False, output_hidden_states=True
+                ).hidden_states[-1]  # (m, S, H)
+            values = value_model(ids, att, hidden).float()  # (m, S)
+        last = att.sum(-1) - 1  # (m,) the state's last token: its value is V(state)
+        out[chunk] = values[torch.arange(len(chunk), device=device), last]
+    return out
 
 
 def estimate(
@@ -371,11 +412,14 @@ def policy_update(
     for _ in range(algo.num_iterations):
         for rows in minibatches(batch, algo.num_minibatches, generator):
             mini = batch.select(rows)
-            tokens, sequences, groups = all_sum(
-                [mini.num_tokens, len(mini), len(_group_rows(mini))], ctx
+            chunks = micro_batches(mini, opt.micro_batch_size, whole_groups=gvpo)
+            tokens, sequences, groups, micros = all_sum(
+                [mini.num_tokens, len(mini), len(_group_rows(mini)), len(chunks)], ctx
             )
             normalizer = _normalizer(tokens, sequences, config)
-            chunks = micro_batches(mini, opt.micro_batch_size, whole_groups=gvpo)
+            # GVPO's sum over groups: divided by the step's groups (their mean), or by its
+            # micro-batches on all ranks (the recipe's sum per micro-batch, averaged).
+            gvpo_normalizer = micros if algo.gvpo_group_reduction == "sum" else groups
             for k, micro_rows in enumerate(chunks):
                 micro = mini.select(micro_rows)
                 # Gradients are all-reduced once per optimizer step, on its last micro-batch.
@@ -387,7 +431,7 @@ def policy_update(
                         micro,
                         config,
                         normalizer,
-                        int(groups),
+                        gvpo_normalizer,
                         mini.num_tokens,
                         len(mini),
                     )
@@ -433,7 +477,7 @@ def _micro_loss(
     micro: RolloutBatch,
     config: TrainingConfig,
     normalizer: float,
-    num_groups: int,
+    gvpo_normalizer: float,
     step_tokens: int,
     step_rows: int,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -468,7 +512,7 @@ def _micro_loss(
             micro.rewards,
             micro.group_ids,
             algo.beta,
-            num_groups=num_groups,
+            normalizer=gvpo_normalizer,
         )
         parts |= {k: v.item() * len(micro) / step_rows for k, v in stats.items()}
         loss = policy_loss

@@ -10,7 +10,9 @@ TRL's PPOTrainer do: twice the memory, no interference with the policy.
 ``values[i, t]`` is the value of sequence ``i``'s prefix up to and including
 token ``t`` (the state in which token ``t + 1`` is chosen). The head starts at
 zero, so every value starts at 0 and early advantages are the plain
-discounted rewards.
+discounted rewards. A truncated episode's bootstrap is the same head's value
+of its next state, the conversation including the environment's last answer
+(:func:`turnrl.training.update.next_state_values`).
 """
 
 from __future__ import annotations
