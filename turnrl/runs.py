@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from turnrl.experiment import Experiment, ExperimentConfig, build_experiment
+from turnrl.training.config_files import read_json_object
 from turnrl.training.export import load_policy, resolve_policy_dir
 from turnrl.training.rundir import check_usable, preflight
 
@@ -149,12 +150,7 @@ def find_experiment(target: str | Path, config: str | Path | None = None) -> Exp
     for candidate in (where, where.parent, where.parent.parent):
         file = candidate / "config.json"
         if file.is_file() and candidate.name != "final":
-            try:
-                data = json.loads(file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{file}: not valid JSON ({e}); pass --config") from None
-            if not isinstance(data, dict):
-                raise ValueError(f"{file}: expected a JSON object; pass --config")
+            data = read_json_object(file, hint="pass --config")
             if "model_type" in data:  # a model's own config.json
                 continue
             if "environment" not in data:

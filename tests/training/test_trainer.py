@@ -131,7 +131,7 @@ async def test_bf16_autocast_step_runs(tiny_agent, tmp_path):
 
 def test_estimator_resolution(tiny_agent, tmp_path):
     from turnrl.training.advantages import make_rloo
-    from turnrl.training.trainer import resolve_estimator
+    from turnrl.training.estimators import estimator_factory as resolve_estimator
 
     assert resolve_estimator("rloo") is make_rloo
     assert resolve_estimator("turnrl.training.advantages:make_grpo").__name__ == "make_grpo"

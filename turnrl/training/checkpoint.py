@@ -44,6 +44,8 @@ import structlog
 import torch
 from safetensors.torch import load_model, save_model
 
+from turnrl.training.config_files import read_json_object
+
 if TYPE_CHECKING:
     from turnrl.training.trainer import Trainer
     from turnrl.training.update import Optimization
@@ -239,13 +241,7 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """
     file = Path(path) / "config.json"
     _require(file, Path(path))
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(file, CheckpointError)
 
 
 def reference_copy(trainer: Trainer) -> torch.nn.Module | None:

@@ -82,3 +82,19 @@ def read_config_file(path: Path) -> Any:
         return json.loads(text, object_pairs_hook=_unique_pairs(str(path)))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+
+
+def read_json_object(file: Path, error: type[Exception] = ValueError, hint: str = "") -> dict:
+    """The JSON object in ``file``, or ``error`` naming the file (and ``hint``, the fix).
+
+    Raises:
+        error: The file is not valid JSON or holds something other than an object.
+    """
+    suffix = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{file}: not valid JSON ({e}){suffix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{file}: expected a JSON object, got {type(data).__name__}{suffix}")
+    return data

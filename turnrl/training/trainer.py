@@ -12,7 +12,6 @@ raises :class:`TrainingInterrupted` (see :mod:`.signals`, :mod:`.rundir`).
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import random
 import resource
@@ -37,7 +36,7 @@ from turnrl.report import plot_run
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.rewards.combine import with_timeout
 from turnrl.training import rundir
-from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
+from turnrl.training.advantages import AdvantageEstimator
 from turnrl.training.batch import build_batch
 from turnrl.training.checkpoint import (
     CheckpointError,
@@ -49,7 +48,7 @@ from turnrl.training.checkpoint import (
     save_checkpoint,
     step_of,
 )
-from turnrl.training.config import AlgorithmConfig, TrainingConfig
+from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import (
     all_agree,
     context_from_env,
@@ -667,24 +666,3 @@ def _frac_zero_std(groups: Sequence[TrajectoryGroup]) -> float:
     if not groups:
         return 0.0
     return sum(_tied(g) for g in groups) / len(groups)
-
-
-def resolve_estimator(kind: str) -> Callable[[AlgorithmConfig], AdvantageEstimator]:
-    """The estimator factory for ``kind``: a name in ``ESTIMATORS`` or ``package.module:factory``.
-
-    Raises:
-        ValueError: The name is unknown or the import path does not resolve.
-    """
-    if kind in ESTIMATORS:
-        return ESTIMATORS[kind]
-    module_name, _, attr = kind.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(
-            f"estimator {kind!r}: cannot import {attr!r} from {module_name!r} ({e}); give a "
-            f"built-in name ({', '.join(ESTIMATORS)}) or 'package.module:factory'"
-        ) from None
-    if not callable(factory):
-        raise ValueError(f"estimator {kind!r} is not callable")
-    return factory
