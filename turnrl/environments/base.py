@@ -59,6 +59,10 @@ STEP_CONTRACT = (
 )
 
 
+class EnvContractError(TypeError):
+    """An environment breaks the turnrl Environment contract."""
+
+
 class StepResult(NamedTuple):
     """What ``Environment.step`` returns; unpacks like Gymnasium's 5-tuple.
 
@@ -256,10 +260,7 @@ def _shown(value: Any) -> str:
     return "None" if value is None else f"{type(value).__name__} {text}"
 
 
-def _broken(env: Environment, method: str, problem: str, fix: str) -> Exception:
-    # Imported here: the checker builds on this module.
-    from turnrl.environments.checker import EnvContractError
-
+def _broken(env: Environment, method: str, problem: str, fix: str) -> EnvContractError:
     return EnvContractError(f"{_name(env)}.{method}() {problem}" + (f"; {fix}" if fix else ""))
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from turnrl.environments.base import Environment
+from turnrl.environments.base import EnvContractError, Environment
 from turnrl.types import Message, Scenario
 
 log = structlog.get_logger(__name__)
@@ -45,10 +45,6 @@ PROBE = Message(role="assistant", content="42")
 
 # One step's comparable outcome: observation, reward, terminated, truncated.
 _Record = tuple[tuple[Message, ...], float, bool, bool]
-
-
-class EnvContractError(TypeError):
-    """An environment breaks the turnrl Environment contract."""
 
 
 def _typename(value: Any) -> str:
