@@ -45,3 +45,50 @@ def scripted_engine():
         agent.engine.generate = generate
 
     return script
+
+
+@pytest.fixture
+def sampled_logprobs():
+    """``await sample(agent, episodes)``: (training, recorded) log-probs of sampled tokens.
+
+    Plays ``episodes`` concurrent 3-turn conversations (every answer is "wrong"),
+    then scores the batch with the training forward at the agent's temperature.
+    Both returned tensors hold the sampled tokens only, in the same order.
+    """
+    import anyio
+    import torch
+
+    from turnrl.training.batch import build_batch
+    from turnrl.training.logprobs import token_logprobs
+    from turnrl.types import Scenario, Trajectory, TrajectoryGroup, user
+
+    async def sample(agent, episodes):
+        trajectories = []
+
+        async def episode(i):
+            conversation = [user(f"What is {i}+{i}?")]
+            t = Trajectory(scenario=Scenario(id=str(i)), initial_messages=list(conversation))
+            for _ in range(3):
+                turn = await agent.respond(conversation)
+                t.turns.append(turn)
+                t.env_messages.append([user("Wrong. Try again.")])
+                t.env_rewards.append(0.0)
+                conversation += [turn.message, user("Wrong. Try again.")]
+            trajectories.append(t)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(episodes):
+                tg.start_soon(episode, i)
+        group = TrajectoryGroup(scenario=trajectories[0].scenario, trajectories=trajectories)
+        batch = build_batch([group], pad_token_id=agent.tokenizer.pad_token_id)
+        with torch.no_grad():
+            train = token_logprobs(
+                agent.model,
+                batch.input_ids,
+                batch.attention_mask,
+                temperature=agent.sampling.temperature,
+            )
+        mask = batch.loss_mask.bool()
+        return train[mask], batch.behavior_logprobs[mask]
+
+    return sample

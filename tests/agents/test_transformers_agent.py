@@ -1,11 +1,9 @@
-import anyio
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from turnrl.agents.transformers import ChatTemplateError, TransformersAgent
 from turnrl.training.batch import build_batch
-from turnrl.training.logprobs import token_logprobs
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, user
 
 
@@ -50,37 +48,13 @@ async def test_sampled_tokens_reused_not_retokenized(tiny_agent):
 
 
 @pytest.mark.anyio
-async def test_logprobs_agree_with_training_forward(tiny_agent):
+async def test_logprobs_agree_with_training_forward(tiny_agent, sampled_logprobs):
     from turnrl.agents.engine import SamplingParams
 
     tiny_agent.sampling = SamplingParams(max_new_tokens=6, temperature=0.7)
-    trajectories = []
-
-    async def episode(i):
-        conversation = [user(f"What is {i}+{i}?")]
-        t = Trajectory(scenario=Scenario(id=str(i)), initial_messages=list(conversation))
-        for _ in range(3):
-            turn = await tiny_agent.respond(conversation)
-            t.turns.append(turn)
-            t.env_messages.append([user("Wrong. Try again.")])
-            t.env_rewards.append(0.0)
-            conversation += [turn.message, user("Wrong. Try again.")]
-        trajectories.append(t)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(12):
-            tg.start_soon(episode, i)
-    batch = build_batch(
-        [TrajectoryGroup(scenario=trajectories[0].scenario, trajectories=trajectories)],
-        pad_token_id=tiny_agent.tokenizer.pad_token_id,
-    )
-    with torch.no_grad():
-        logprobs = token_logprobs(
-            tiny_agent.model, batch.input_ids, batch.attention_mask, temperature=0.7
-        )
-    mask = batch.loss_mask.bool()
-    assert mask.sum() > 12
-    torch.testing.assert_close(logprobs[mask], batch.behavior_logprobs[mask], atol=1e-4, rtol=0)
+    train, behaviour = await sampled_logprobs(tiny_agent, 12)
+    assert len(train) > 12
+    torch.testing.assert_close(train, behaviour, atol=1e-4, rtol=0)
 
 
 def test_from_pretrained_missing_path(tmp_path):

@@ -14,9 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.training.batch import build_batch
-from turnrl.training.logprobs import token_logprobs
-from turnrl.types import Scenario, Trajectory, TrajectoryGroup, user
+from turnrl.types import user
 
 # Each of these changes the logits or the sampling when transformers applies it.
 LEAKY_GENERATION_CONFIG = {
@@ -58,36 +56,12 @@ def leaky_agent(leaky_path):
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
-async def test_recorded_logprobs_match_training_forward(leaky_agent, top_p):
+async def test_recorded_logprobs_match_training_forward(leaky_agent, top_p, sampled_logprobs):
     """First-iteration PPO ratio exp(train - behaviour) is 1 to fp32 rounding."""
     leaky_agent.sampling = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=top_p)
-    trajectories = []
-
-    async def episode(i):
-        conversation = [user(f"What is {i}+{i}?")]
-        t = Trajectory(scenario=Scenario(id=str(i)), initial_messages=list(conversation))
-        for _ in range(3):
-            turn = await leaky_agent.respond(conversation)
-            t.turns.append(turn)
-            t.env_messages.append([user("Wrong. Try again.")])
-            t.env_rewards.append(0.0)
-            conversation += [turn.message, user("Wrong. Try again.")]
-        trajectories.append(t)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(8):
-            tg.start_soon(episode, i)
-    batch = build_batch(
-        [TrajectoryGroup(scenario=trajectories[0].scenario, trajectories=trajectories)],
-        pad_token_id=leaky_agent.tokenizer.pad_token_id,
-    )
-    with torch.no_grad():
-        train = token_logprobs(
-            leaky_agent.model, batch.input_ids, batch.attention_mask, temperature=0.7
-        )
-    mask = batch.loss_mask.bool()
-    assert mask.sum() > 8 * 3
-    ratio = torch.exp(train[mask] - batch.behavior_logprobs[mask])
+    train, behaviour = await sampled_logprobs(leaky_agent, 8)
+    assert len(train) > 8 * 3
+    ratio = torch.exp(train - behaviour)
     worst = (ratio - 1).abs().max().item()
     assert worst <= 1e-5, worst
 
