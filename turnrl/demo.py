@@ -29,10 +29,9 @@ what imitation learns and what the reward corrects: RL's job here is to turn
 a policy that needs retries into one that answers right away, a multi-turn
 credit-assignment lesson, measured on questions it never trained on.
 
-Why 360 warm-start steps: the imitation still has a knife edge. With 260 steps
-the gain was +0.25 on one machine and +0.07 on another whose float arithmetic
-differs (warm-start loss 0.42 at the end, a weak start); with 360 steps the
-second machine gave +0.25 and +0.39 for seeds 0 and 1 (benchmarks/RESULTS.md).
+Why 360 warm-start steps: the imitation has a knife edge whose place moves
+with the seed and with float rounding; 360 steps leave a margin past it
+(the measurements over seeds are in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

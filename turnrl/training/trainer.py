@@ -324,9 +324,8 @@ class Trainer:
         t1 = time.perf_counter()
         # Groups given with their rewards (replayed, off-policy) keep them.
         unscored = [g for g in groups if any(t.reward is None for t in g.ok)]
-        metrics: dict[str, Any] = await score_groups(
-            unscored, self.rewards, timeout_s=self.config.rollout.reward_timeout_s
-        )
+        # self.rewards already carries rollout.reward_timeout_s (with_timeout in __init__).
+        metrics: dict[str, Any] = await score_groups(unscored, self.rewards)
         metrics |= rollout_metrics(groups)
         _check_failures(groups, self.config.rollout.max_failed_frac, self.step_count + 1)
         kept = [g for g in groups if len(g.ok) >= self.config.rollout.min_group_size]
