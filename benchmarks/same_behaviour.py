@@ -8,7 +8,8 @@ each, ``PYTHONPATH`` pointing at the tree), then compares, record by record:
 
 - ``metrics.jsonl``: every metric the base run logged, bit for bit (``perf/*``
   timings and memory aside); metrics the new code adds are listed, not compared;
-- ``eval_samples.jsonl``: the evaluation episodes, exactly;
+- ``eval_samples.jsonl``: the evaluation episodes, exactly (fields the new code
+  adds to a record, such as a turn's ``policy_version``, are listed, not compared);
 - ``final/``: every tensor of the saved model (and value head), bit for bit.
 
     python benchmarks/same_behaviour.py --base HEAD~3             # quick cases
@@ -126,10 +127,23 @@ def compare_run(base: Path, new: Path) -> tuple[list[str], set[str]]:
     """Everything that differs between two run directories."""
     problems, added = compare_metrics(base / "metrics.jsonl", new / "metrics.jsonl")
     samples = "eval_samples.jsonl"
-    if (base / samples).is_file() and _records(base / samples) != _records(new / samples):
-        problems.append(f"{samples} differs")
+    if (base / samples).is_file():
+        old_rows, new_rows = _records(base / samples), _records(new / samples)
+        stripped = [_like(b, a, added) for a, b in zip(old_rows, new_rows, strict=False)]
+        if len(old_rows) != len(new_rows) or old_rows != stripped:
+            problems.append(f"{samples} differs")
     problems += compare_tensors(base / "final", new / "final")
     return problems, added
+
+
+def _like(new: object, old: object, added: set[str], path: str = "sample") -> object:
+    """``new`` without the dict keys ``old`` lacks (recorded in ``added``), recursively."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        added |= {f"{path}.{k}" for k in set(new) - set(old)}
+        return {k: _like(v, old[k], added, f"{path}.{k}") for k, v in new.items() if k in old}
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        return [_like(b, a, added, f"{path}[]") for a, b in zip(old, new, strict=True)]
+    return new
 
 
 def main() -> None:

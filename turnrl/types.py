@@ -95,6 +95,10 @@ class Turn(BaseModel):
             turns that were not sampled by the current run (demonstrations,
             replayed data).
         finish_reason: ``stop`` (an eos token) or ``length`` (max new tokens).
+        policy_version: The version of the policy weights the turn was sampled
+            under (the trainer's step count when the engine last took new
+            weights; see :mod:`turnrl.agents.inference`); ``None`` for turns no
+            engine sampled (demonstrations, scripted replies).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -104,6 +108,9 @@ class Turn(BaseModel):
     completion_ids: list[int]
     logprobs: list[float] | None = None
     finish_reason: FinishReason = "stop"
+    policy_version: int | None = Field(
+        default=None, description="Policy version the turn was sampled under, if sampled."
+    )
 
 
 class Trajectory(BaseModel):

@@ -1,41 +1,21 @@
-"""GenerationEngine: merge concurrent generation requests into batched ``generate`` calls.
+"""GenerationEngine: the Hugging Face implementation of the InferenceEngine protocol.
 
-Many episodes run concurrently on one event loop, and each asks for one turn at
-a time. Run one by one, a small model spends most of its time on per-call
-overhead; batched, the same work costs little more than one call. The engine
-therefore queues requests and runs them together:
+Concurrent requests are merged into padded ``generate`` calls by a
+:class:`~turnrl.coalesce.Coalescer`; requests with different sampling settings
+are never mixed in one call. Prompts are left-padded with an attention mask;
+transformers derives the position ids from the mask, so a padded row computes
+what it would alone. Sampling follows :func:`~turnrl.agents.sampling.sampling_config`
+exactly (nothing from a checkpoint's ``generation_config.json``), and the
+recorded log-probs are those the training forward pass computes
+(:class:`~turnrl.agents.sampling.LogprobRecorder`), so the PPO ratio starts at 1.
 
-- There is no background task. Whichever waiting request finds the engine
-  idle becomes the dispatcher: it first lets the event loop run until no new
-  request arrives (so episodes that just got their previous turn back can
-  step their environments and queue the next one), then runs one padded
-  ``generate`` in a worker thread, hands out the results and wakes everyone.
-  Only one batch runs at a time because there is one model.
-- Requests with different sampling settings are never mixed in one call.
-- Prompts are left-padded with an attention mask; transformers derives the
-  position ids from the mask, so a padded row computes what it would alone.
-- Tokens are sampled from ``softmax(logits / temperature)`` truncated by
-  ``top_p``, nothing else: the engine passes a complete generation config
-  (:func:`sampling_config`), so what a checkpoint's ``generation_config.json``
-  holds (a repetition penalty, top-k, min-p, suppressed or forced tokens,
-  beams...) is not applied. Set sampling through :class:`SamplingParams`.
-- Log-probabilities are those of the sampled tokens under the model's
-  temperature-scaled distribution, without top-p or top-k truncation: the
-  same quantity the training forward pass computes (see
-  ``turnrl.training.logprobs``), so the PPO ratio starts at 1. They are
-  gathered step by step by a logits processor that keeps one step's
-  log-softmax at a time, instead of asking ``generate`` for every step's
-  logits (``output_logits``), which for a 150k-token vocabulary would hold
-  ``batch x new tokens x 150k`` floats.
-
-Why padded ``generate`` calls and not transformers' continuous batching
-(``generate_batch``): on the same 32 first-turn prompts, with the same model and
-sampling, continuous batching generated 0.05x the tokens per second of one padded
-``generate`` on this CPU, 0.11x on 128 (``benchmarks/continuous_batching.py``; its scheduler, worker
-thread and warm-up cost more than the padding it saves at these sizes). Prompts are
-not split into length buckets either: each bucket would decode separately, and with
-the KV cache reused a later turn feeds only its new tokens (about 22 per row in the
-demo task, nearly the same for every row), so there is little padding to save.
+Weights. ``weights="shared"`` (the default) samples from the very module the
+trainer optimizes: no copy, and :meth:`GenerationEngine.update_weights` only
+records the version and drops the KV cache. ``weights="copy"`` deep-copies the
+model at construction and samples from the copy, which changes only when
+``update_weights`` copies new tensors into it (under ``no_grad``, by name), so
+generation can run while the trainer's parameters change. A peft (LoRA) model
+is copied with its adapters; sending only the adapters' tensors syncs it.
 
 KV-cache reuse across turns (``reuse_kv_cache=True``, the default) is
 described in :mod:`turnrl.agents.prefix_cache`, which holds the store and
@@ -44,20 +24,25 @@ the cache layout; the engine decides when to use it.
 
 from __future__ import annotations
 
-import math
+import copy
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from numbers import Integral, Real
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, get_args
 
-import anyio
 import structlog
 import torch
 from torch.profiler import record_function
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import LogitsProcessorList, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 
+from turnrl.agents.inference import (
+    Completion,
+    ContextOverflowError,
+    EngineStats,
+    SamplingParams,
+    Weights,
+    WeightsMode,
+)
 from turnrl.agents.prefix_cache import (
     CACHE_KWARG,
     PrefixKVStore,
@@ -69,82 +54,30 @@ from turnrl.agents.prefix_cache import (
     take_prefixes,
     weights_version,
 )
-from turnrl.types import FinishReason
+from turnrl.agents.sampling import LogprobRecorder, sampling_config
+from turnrl.coalesce import Coalescer
+
+__all__ = [
+    "Completion",
+    "ContextOverflowError",
+    "EngineStats",
+    "GenerationEngine",
+    "SamplingParams",
+]
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample one turn.
-
-    Attributes:
-        max_new_tokens: Most tokens to generate for one turn.
-        temperature: Softmax temperature; 0 means greedy decoding.
-        top_p: Nucleus sampling threshold (1.0 disables it).
-    """
-
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        # A bool is an int to Python; max_new_tokens=True would silently mean 1.
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, Integral):
-            raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass
-class Completion:
-    """What one request gets back."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: FinishReason
-
-
-@dataclass
-class _Request:
+class _Request(NamedTuple):
     prompt_ids: list[int]
     params: SamplingParams
-    result: Completion | None = None
-    error: BaseException | None = None
-
-
-@dataclass
-class EngineStats:
-    """Counters, for tests and benchmarks."""
-
-    requests: int = 0
-    generate_calls: int = 0
-    generated_tokens: int = 0
-    generate_s: float = 0.0  # wall time of the batches: cache preparation and model.generate
-    batch_sizes: list[int] = field(default_factory=list)
-    # Per generate call: prompt tokens the model computed, pads included (rows x columns fed),
-    # and prompt tokens taken from the KV cache instead (reuse_kv_cache).
-    prefill_tokens: list[int] = field(default_factory=list)
-    reused_tokens: list[int] = field(default_factory=list)
-
-
-class ContextOverflowError(ValueError):
-    """A prompt plus ``max_new_tokens`` does not fit the model's context."""
 
 
 class GenerationEngine:
-    """Batches concurrent generation requests for one causal LM.
+    """Batches concurrent generation requests for one causal LM (an :class:`InferenceEngine`).
 
     Args:
-        model: The model to sample from.
+        model: The model to sample from (the trainer's policy).
         pad_token_id: Token used for left padding.
         eos_token_ids: Tokens that end a turn.
         max_batch_size: Most requests per ``generate`` call.
@@ -162,6 +95,8 @@ class GenerationEngine:
         kv_cache_max_tokens: Most tokens the KV store holds in all (default: no
             limit beyond the entry count). One token costs
             ``2 x layers x kv_heads x head_dim`` numbers of the model's dtype.
+        weights: ``"shared"`` samples from ``model`` itself; ``"copy"`` from a
+            copy that :meth:`update_weights` syncs (see the module docstring).
     """
 
     def __init__(
@@ -176,30 +111,132 @@ class GenerationEngine:
         reuse_kv_cache: bool = True,
         kv_cache_max_entries: int | None = None,
         kv_cache_max_tokens: int | None = None,
+        weights: WeightsMode = "shared",
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.model = model
+        _check_batch_size(max_batch_size)
+        _check_mode(weights)
         self.pad_token_id = pad_token_id
         self.eos_token_ids = list(eos_token_ids)
-        self.max_batch_size = max_batch_size
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
-        self.settle_rounds = settle_rounds
         self.reuse_kv_cache = reuse_kv_cache
         self.kv_cache_max_entries = kv_cache_max_entries
         self.kv_cache_max_tokens = kv_cache_max_tokens
         self.kv_store = PrefixKVStore()
         self.stats = EngineStats()
-        self._pending: list[_Request] = []
-        self._busy = False
-        self._wakeup = anyio.Event()
+        self._batcher: Coalescer[_Request, Completion] = Coalescer(
+            self._generate,
+            key=lambda r: r.params,
+            max_batch_size=max_batch_size,
+            settle_rounds=settle_rounds,
+        )
+        self._weights: WeightsMode = weights
+        self._source = model  # the trainer's model
+        self._model = _own_copy(model) if weights == "copy" else model
+        self._version = 0
+        self._closed = False
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The module ``generate`` runs: the trainer's model, or the engine's copy of it."""
+        return self._model
+
+    @property
+    def weights(self) -> WeightsMode:
+        """``"shared"`` or ``"copy"`` (see the module docstring)."""
+        return self._weights
+
+    @property
+    def policy_version(self) -> int:
+        """The version of the weights new requests are sampled from (0 at construction)."""
+        return self._version
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most requests per ``generate`` call."""
+        assert self._batcher.max_batch_size is not None
+        return self._batcher.max_batch_size
+
+    @max_batch_size.setter
+    def max_batch_size(self, value: int) -> None:
+        _check_batch_size(value)
+        self._batcher.max_batch_size = value
+
+    def set_model(self, model: PreTrainedModel) -> None:
+        """Serve ``model`` from now on (a copy of it in ``"copy"`` mode), between batches.
+
+        For an agent whose model object is replaced, e.g. wrapped with LoRA
+        adapters; the policy version is kept.
+        """
+        self._source = model
+        self._model = _own_copy(model) if self._weights == "copy" else model
+        self.kv_store.clear()
+
+    def configure(
+        self,
+        *,
+        max_batch_size: int | None = None,
+        reuse_kv_cache: bool | None = None,
+        weights: WeightsMode | None = None,
+    ) -> None:
+        """Apply run settings between batches; ``None`` keeps the current value.
+
+        Switching ``weights`` to ``"copy"`` copies the model given at
+        construction (or to :meth:`set_model`) as it is now; switching to
+        ``"shared"`` drops the copy and samples from that model again.
+        """
+        if max_batch_size is not None:
+            self.max_batch_size = max_batch_size
+        if reuse_kv_cache is not None:
+            self.reuse_kv_cache = reuse_kv_cache
+        if weights is not None and weights != self._weights:
+            _check_mode(weights)
+            self._weights = weights
+            self.set_model(self._source)
+
+    def update_weights(self, weights: Weights, version: int) -> None:
+        """Serve policy ``version``; in ``"copy"`` mode, copy ``weights`` into the copy first.
+
+        Call between batches. In ``"shared"`` mode ``weights`` is not read
+        (the trainer's parameters are the engine's). Names are those of
+        ``model.named_parameters()`` (tied weights under either name) or
+        ``model.state_dict()``; a subset is fine (LoRA adapters only).
+
+        Raises:
+            KeyError: A name the engine's model does not have.
+            ValueError: A tensor whose shape differs, or a version that is not an int.
+        """
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"version must be an int (the trainer's step), got {version!r}")
+        if self._weights == "copy":
+            _copy_into(self._model, weights)
+        self.kv_store.clear()
+        self._version = version
+
+    def release_cache(self) -> None:
+        """Drop every stored KV cache, between batches.
+
+        The engine does it by itself when the model's parameters change; call
+        it when the episodes are over, to free the memory, or after changing
+        weights in a way that bypasses version counters (writing through
+        ``param.data``) without :meth:`update_weights`.
+        """
+        self.kv_store.clear()
+
+    def close(self) -> None:
+        """Drop the KV caches and the engine's copy of the weights; no request is served after."""
+        self.kv_store.clear()
+        self._model = self._source  # the copy, if any, is freed
+        self._closed = True
 
     async def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Completion:
         """Sample a completion for ``prompt_ids``, batched with concurrent callers.
 
         Raises:
             ContextOverflowError: The prompt is too long for ``max_new_tokens``.
+            RuntimeError: The engine is closed.
         """
+        if self._closed:
+            raise RuntimeError("the engine is closed; build a new agent to generate")
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
         if self.max_context and len(prompt_ids) + params.max_new_tokens > self.max_context:
@@ -207,64 +244,8 @@ class GenerationEngine:
                 f"prompt of {len(prompt_ids)} tokens + max_new_tokens={params.max_new_tokens} "
                 f"exceeds the model's context of {self.max_context} tokens"
             )
-        request = _Request(list(prompt_ids), params)
-        self._pending.append(request)
         self.stats.requests += 1
-        while request.result is None and request.error is None:
-            if self._busy:
-                await self._wakeup.wait()
-                continue
-            self._busy = True
-            try:
-                await self._settle()
-                batch = self._take_batch()
-                await anyio.to_thread.run_sync(self._run_batch, batch)
-            finally:
-                self._busy = False
-                wakeup, self._wakeup = self._wakeup, anyio.Event()
-                wakeup.set()
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
-
-    async def _settle(self) -> None:
-        """Let other episodes queue their requests before a batch is cut."""
-        quiet, seen = 0, -1
-        for _ in range(100 * self.settle_rounds):
-            if len(self._pending) >= self.max_batch_size:
-                return
-            await anyio.lowlevel.checkpoint()
-            quiet = quiet + 1 if len(self._pending) == seen else 0
-            seen = len(self._pending)
-            if quiet >= self.settle_rounds:
-                return
-
-    def _take_batch(self) -> list[_Request]:
-        params = self._pending[0].params
-        batch = [r for r in self._pending if r.params == params][: self.max_batch_size]
-        taken = {id(r) for r in batch}
-        self._pending = [r for r in self._pending if id(r) not in taken]
-        return batch
-
-    def _run_batch(self, batch: list[_Request]) -> None:
-        try:
-            completions = self._generate(batch)
-        except BaseException as e:  # every waiter must hear about it
-            for request in batch:
-                request.error = e
-            return
-        for request, completion in zip(batch, completions, strict=True):
-            request.result = completion
-
-    def clear_kv_cache(self) -> None:
-        """Drop every stored KV cache, between batches.
-
-        The engine does it by itself when the model's parameters change; call
-        it after changing weights in a way that bypasses version counters
-        (writing through ``param.data``).
-        """
-        self.kv_store.clear()
+        return await self._batcher(_Request(list(prompt_ids), params))
 
     @torch.no_grad()
     def _generate(self, batch: list[_Request]) -> list[Completion]:
@@ -278,7 +259,7 @@ class GenerationEngine:
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=reuse,  # to get the cache back
         )
-        recorder = _LogprobRecorder(1.0 if greedy else params.temperature)
+        recorder = LogprobRecorder(1.0 if greedy else params.temperature)
         was_training = self.model.training
         self.model.eval()
         started = time.perf_counter()
@@ -317,6 +298,7 @@ class GenerationEngine:
                     token_ids=new_tokens[row, :end].tolist(),
                     logprobs=logprobs[row, :end].tolist(),
                     finish_reason=reason,
+                    policy_version=self._version,
                 )
             )
         if reuse:
@@ -369,94 +351,38 @@ class GenerationEngine:
         )
 
 
-class _SealedGenerationConfig(GenerationConfig):
-    """A GenerationConfig that ``generate`` cannot fill in from ``model.generation_config``.
-
-    ``generate`` completes a passed config with ``update(defaults_only=True)``:
-    every field left ``None`` is taken from the model's saved generation config
-    (a ``repetition_penalty``, ``top_k``, ``min_p``, ``suppress_tokens``,
-    ``num_beams``... shipped with the checkpoint), then from transformers' global
-    defaults. Those calls are ignored here, so the config holds exactly the
-    values it was built with (see :func:`sampling_config`). Explicit updates
-    (``defaults_only=False``) still apply. This leans on how ``generate`` merges;
-    ``tests/reliability/test_sampling_distribution.py`` fails if that changes.
-    """
-
-    def update(
-        self, defaults_only: bool = False, allow_custom_entries: bool = False, **kwargs: Any
-    ) -> dict[str, Any]:
-        if defaults_only:
-            return kwargs
-        return super().update(
-            defaults_only=False, allow_custom_entries=allow_custom_entries, **kwargs
-        )
+def _own_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of ``model`` for the engine to sample from."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
-def sampling_config(
-    params: SamplingParams,
-    *,
-    eos_token_ids: Sequence[int],
-    pad_token_id: int,
-    return_dict_in_generate: bool = False,
-) -> GenerationConfig:
-    """The complete generation config for ``params``, whatever the model's own holds.
-
-    Every field is set: transformers' global defaults (no penalty, no forced
-    or suppressed token, one beam, one sequence), then ``params``. Sampling
-    is then from ``softmax(logits / temperature)`` truncated by ``top_p`` only
-    (argmax when ``temperature`` is 0), the distribution the engine records
-    and training recomputes.
-
-    Args:
-        params: Temperature, top-p and length of the turn.
-        eos_token_ids: Tokens that end a turn.
-        pad_token_id: Token used for padding.
-        return_dict_in_generate: Ask ``generate`` for its output object (and cache).
-    """
-    greedy = params.temperature == 0
-    fields = GenerationConfig._get_default_generation_params()
-    fields.update(
-        max_new_tokens=params.max_new_tokens,
-        do_sample=not greedy,
-        eos_token_id=list(eos_token_ids),
-        pad_token_id=pad_token_id,
-        return_dict_in_generate=return_dict_in_generate,
-    )
-    if not greedy:
-        # top_k=0: the global default is a top-k of 50. Greedy decoding builds no warpers;
-        # leaving their defaults then avoids transformers' "flags not valid" warning.
-        fields.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-    fields.pop("max_length")  # max_new_tokens sets it from the prompt length
-    return _SealedGenerationConfig(**fields)
+@torch.no_grad()
+def _copy_into(model: torch.nn.Module, weights: Weights) -> None:
+    """Copy each named tensor of ``weights`` into ``model``'s parameter or buffer of that name."""
+    own = dict(model.named_parameters(remove_duplicate=False))
+    own |= dict(model.named_buffers(remove_duplicate=False))
+    pairs = weights.items() if isinstance(weights, Mapping) else weights
+    for name, tensor in pairs:
+        target = own.get(name)
+        if target is None:
+            raise KeyError(
+                f"update_weights: {name!r} is not a parameter or buffer of the engine's "
+                f"{type(model).__name__}; name tensors as the trainer's model.named_parameters() "
+                "does, and wrap the agent's model (agent.model = ...) before syncing"
+            )
+        if target.shape != tensor.shape:
+            raise ValueError(
+                f"update_weights: {name!r} has shape {tuple(tensor.shape)}, the engine's "
+                f"has {tuple(target.shape)}"
+            )
+        target.copy_(tensor)
 
 
-class _LogprobRecorder(LogitsProcessor):
-    """Records the log-prob of each sampled token, keeping one step's distribution.
+def _check_batch_size(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {value}")
 
-    ``generate`` runs user processors before its temperature and top-p
-    warpers, so ``scores`` here are the model's raw logits. At step ``t`` the
-    token sampled at step ``t - 1`` is the last column of ``input_ids``; its
-    log-prob is gathered from the stored distribution of step ``t - 1``, and
-    step ``t``'s distribution replaces it. :meth:`finish` gathers the last
-    step's token.
-    """
 
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
-        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
-        self.picked: list[torch.Tensor] = []  # (B,) per finished step
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.previous is not None:
-            self.picked.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """Log-probs of ``new_tokens`` (B, S), the tokens generated after the prompt."""
-        if self.previous is not None and len(self.picked) < new_tokens.shape[1]:
-            last = new_tokens[:, len(self.picked) : len(self.picked) + 1]
-            self.picked.append(self.previous.gather(-1, last.to(self.previous.device)).squeeze(-1))
-        if not self.picked:
-            return torch.zeros(new_tokens.shape, dtype=torch.float32)
-        return torch.stack(self.picked, dim=1)[:, : new_tokens.shape[1]]  # (B, S)
+def _check_mode(weights: str) -> None:
+    if weights not in get_args(WeightsMode):
+        raise ValueError(f"weights must be 'shared' or 'copy', got {weights!r}")

@@ -3,7 +3,8 @@
 The agent renders a conversation with the tokenizer's chat template, samples
 through a shared :class:`~turnrl.agents.engine.GenerationEngine` (so concurrent
 episodes are batched), and returns a :class:`~turnrl.types.Turn` holding the
-exact tokens.
+exact tokens and the policy version they were sampled under. It satisfies
+:class:`~turnrl.agents.base.TrainableAgent`.
 
 Token in, token out. When the conversation contains assistant messages that
 this agent sampled (they carry ``token_ids``), those ids are re-used as they
@@ -38,7 +39,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from turnrl.agents.engine import GenerationEngine, SamplingParams
+from turnrl.agents.engine import GenerationEngine
+from turnrl.agents.inference import SamplingParams, WeightsMode
 from turnrl.types import Message, Turn
 
 Tools = Sequence[dict[str, Any]] | None
@@ -73,6 +75,9 @@ class TransformersAgent:
             prefill a prompt that several rows repeat once (see
             :mod:`turnrl.agents.prefix_cache`; on by default, turned off by the
             engine for models it does not support).
+        weights: ``"shared"`` (the engine samples from ``model`` itself, the
+            default) or ``"copy"`` (it holds a copy that the trainer syncs
+            after each update; see :mod:`turnrl.agents.engine`).
 
     Raises:
         ChatTemplateError: The tokenizer has no chat template.
@@ -86,6 +91,7 @@ class TransformersAgent:
         sampling: SamplingParams | None = None,
         max_batch_size: int = 256,
         reuse_kv_cache: bool = True,
+        weights: WeightsMode = "shared",
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateError(
@@ -93,7 +99,7 @@ class TransformersAgent:
                 "`tokenizer.chat_template` to a Jinja template (see the transformers "
                 "chat templating docs) before building a TransformersAgent"
             )
-        self.model = model
+        self._model = model
         self.tokenizer = tokenizer
         self.sampling = sampling or SamplingParams()
         if tokenizer.pad_token_id is None:
@@ -106,7 +112,20 @@ class TransformersAgent:
             eos_token_ids=self.eos_token_ids,
             max_batch_size=max_batch_size,
             reuse_kv_cache=reuse_kv_cache,
+            weights=weights,
         )
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The policy: the model training updates."""
+        return self._model
+
+    @model.setter
+    def model(self, model: PreTrainedModel) -> None:
+        # A replaced model object (wrapped with LoRA, loaded adapters) must reach the
+        # engine too: its "copy" mode copies it again.
+        self._model = model
+        self.engine.set_model(model)
 
     @classmethod
     def from_pretrained(
@@ -193,6 +212,7 @@ class TransformersAgent:
             completion_ids=completion.token_ids,
             logprobs=completion.logprobs,
             finish_reason=completion.finish_reason,
+            policy_version=completion.policy_version,
         )
 
     def render(

@@ -93,6 +93,13 @@ class GenerationSettings(_Section):
         description="Reuse each episode's KV cache across turns and prefill a group's shared "
         "prompt once; None keeps the agent's own setting (on by default).",
     )
+    weights: Literal["shared", "copy"] | None = Field(
+        None,
+        description="Where generation reads the policy weights: 'shared' samples from the "
+        "parameters the optimizer updates (no copy), 'copy' from the engine's own copy, synced "
+        "after each update (one more copy of the weights in memory); None keeps the agent's "
+        "own setting ('shared' by default).",
+    )
 
 
 class RolloutConfig(_Section):

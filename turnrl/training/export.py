@@ -75,7 +75,7 @@ def load_policy(path: str | Path, **agent_kwargs: Any) -> TransformersAgent:
             )
         agent = TransformersAgent.from_pretrained(base, **agent_kwargs)
         model = _peft().PeftModel.from_pretrained(agent.model, str(where))
-        agent.model = agent.engine.model = model.eval()
+        agent.model = model.eval()
         return agent
     return TransformersAgent.from_pretrained(where, **agent_kwargs)
 
@@ -123,7 +123,7 @@ def _from_checkpoint(where: Path, **agent_kwargs: Any) -> TransformersAgent:
     base = config.model.path if config.model.path is not None else tiny_model_path()
     agent = TransformersAgent.from_pretrained(base, dtype=config.model.dtype, **agent_kwargs)
     if config.model.lora is not None:
-        agent.model = agent.engine.model = add_lora(agent.model, config.model.lora)
+        agent.model = add_lora(agent.model, config.model.lora)
     weights = where / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {where} is incomplete: model.safetensors is missing")

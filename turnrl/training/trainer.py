@@ -1,10 +1,13 @@
-"""The training loop: collect -> score -> build -> estimate -> update -> log.
+"""The training loop: collect -> score -> build -> estimate -> update -> sync -> log.
 
 ``Trainer(agent, env, rewards, config)`` owns the optimizer, the frozen
 reference model and the run directory; ``await trainer.train()`` runs
 ``config.run.max_steps`` steps with evaluation on held-out scenarios before,
 every ``config.eval.every`` steps, and after training. Each step's numbers go
-to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``. A
+to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``. The
+trainer reaches generation only through the agent's
+:class:`~turnrl.agents.inference.InferenceEngine`, which it syncs after each
+update (:meth:`Trainer._sync_weights`). A
 first SIGINT/SIGTERM lets the current step finish, writes a checkpoint and
 raises :class:`TrainingInterrupted` (see :mod:`.signals`, :mod:`.rundir`).
 """
@@ -26,8 +29,8 @@ import numpy as np
 import structlog
 import torch
 
-from turnrl.agents.engine import SamplingParams
-from turnrl.agents.transformers import TransformersAgent
+from turnrl.agents.base import TrainableAgent
+from turnrl.agents.inference import SamplingParams
 from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.logging import MetricsLogger, ensure_logging
@@ -110,7 +113,7 @@ class Trainer:
 
     def __init__(
         self,
-        agent: TransformersAgent,
+        agent: TrainableAgent,
         env: Environment,
         rewards: Rewards = None,
         config: TrainingConfig | None = None,
@@ -135,7 +138,7 @@ class Trainer:
         self.agent = agent
         lora = self.config.model.lora
         if lora is not None and not is_peft_model(agent.model):
-            agent.model = agent.engine.model = add_lora(agent.model, lora)
+            agent.model = add_lora(agent.model, lora)  # the agent hands it to its engine
         self.policy = agent.model
         if self.dist.enabled and device.type == "cuda":
             self.policy.to(device)
@@ -180,11 +183,13 @@ class Trainer:
             self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optim = make_optimization(self.policy, self.config, self.value_model)
         gen = self.config.generation
-        _check_context(getattr(agent.engine, "max_context", None), gen.max_new_tokens)
+        _check_context(agent.engine.max_context, gen.max_new_tokens)
         self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
-        agent.engine.max_batch_size = gen.max_batch_size
-        if gen.reuse_kv_cache is not None:
-            agent.engine.reuse_kv_cache = gen.reuse_kv_cache
+        agent.engine.configure(
+            max_batch_size=gen.max_batch_size,
+            reuse_kv_cache=gen.reuse_kv_cache,
+            weights=gen.weights,
+        )
         self.run_dir = Path(self.config.run.output_dir)
         self.step_count = 0
         self.progress = Progress(0, enabled=False)  # train() draws the real one
@@ -352,6 +357,7 @@ class Trainer:
                 )
         else:
             log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
+        self._sync_weights()
         t2 = time.perf_counter()
         generated = self._generated_tokens() - tokens0
         metrics = (
@@ -399,6 +405,15 @@ class Trainer:
             on_micro_batch=lambda done, total: self.progress.phase("update", done, total),
         )
 
+    def _sync_weights(self) -> None:
+        """Hand the updated policy to the engine as version ``step_count``.
+
+        Only trainable tensors are sent (LoRA: the adapters), lazily: an engine
+        that shares the policy's parameters never reads them, so this costs nothing.
+        """
+        trainable = ((n, p.detach()) for n, p in self.policy.named_parameters() if p.requires_grad)
+        self.agent.engine.update_weights(trainable, self.step_count)
+
     async def collect_groups(self) -> list[TrajectoryGroup]:
         """Roll out the next B training scenarios, G episodes each (no update)."""
         try:
@@ -413,7 +428,7 @@ class Trainer:
                 on_episode=lambda done, total: self.progress.phase("rollout", done, total),
             )
         finally:  # the episodes are over: their KV caches would only hold memory
-            self.agent.engine.clear_kv_cache()
+            self.agent.engine.release_cache()
 
     async def evaluate(
         self, scenarios: Sequence[Scenario] | None = None, *, save_samples: bool = True
@@ -445,7 +460,7 @@ class Trainer:
                 on_episode=lambda done, total: self.progress.phase("eval", done, total),
             )
         finally:
-            self.agent.engine.clear_kv_cache()
+            self.agent.engine.release_cache()
         await score_groups(groups, self.rewards)
         if save_samples and self.dist.is_main:
             save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
@@ -496,6 +511,7 @@ class Trainer:
                 "the checkpoint's step on"
             )
         step = load_checkpoint(self, path)
+        self.agent.engine.update_weights(self.policy.state_dict(), step)  # base weights too
         if refused:  # the optimizer state brought back the old lr, betas and weight decay
             apply_optim_settings(
                 self.optim, make_optimization(self.policy, self.config, self.value_model)
