@@ -352,8 +352,13 @@ class GenerationEngine:
 
 
 def _own_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A frozen copy of ``model`` for the engine to sample from."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
+    """A copy of ``model`` for the engine to sample from (it runs under ``no_grad``).
+
+    ``requires_grad`` is left as it is: turning it off changes the last bits of
+    the log-probs ``generate`` computes, and the copy must sample exactly what
+    the trainer's model would.
+    """
+    return copy.deepcopy(model).eval()
 
 
 @torch.no_grad()

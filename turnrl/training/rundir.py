@@ -63,6 +63,7 @@ HARMLESS = (
     "run.checkpoint_every",
     "run.keep_checkpoints",
     "run.overwrite",
+    "generation.weights",  # where generation reads the weights; it samples the same
     "wandb",
     "eval",
 )
