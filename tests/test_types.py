@@ -47,6 +47,20 @@ def test_jsonl_round_trip(tmp_path):
     assert load_jsonl(path) == items
 
 
+def test_policy_version_round_trips_and_old_files_still_load(tmp_path):
+    sampled = trajectory()
+    sampled.turns[0] = sampled.turns[0].model_copy(update={"policy_version": 3})
+    path = save_jsonl([sampled], tmp_path / "t.jsonl")
+    (loaded,) = load_jsonl(path)
+    assert [t.policy_version for t in loaded.turns] == [3, None]
+    # A file written before turns recorded their version: no such key at all.
+    old = path.read_text().replace(', "policy_version":3', "").replace(',"policy_version":3', "")
+    old = old.replace(',"policy_version":null', "")
+    assert "policy_version" not in old
+    path.write_text(old)
+    assert [t.policy_version for t in load_jsonl(path)[0].turns] == [None, None]
+
+
 def test_jsonl_bad_line_names_file_and_line(tmp_path):
     path = save_jsonl([trajectory()], tmp_path / "t.jsonl")
     path.write_text(path.read_text() + '{"scenario": 3}\n')

@@ -40,7 +40,7 @@ import anyio
 import structlog
 
 from turnrl.agents.base import Agent
-from turnrl.agents.engine import ContextOverflowError, SamplingParams
+from turnrl.agents.inference import ContextOverflowError, SamplingParams
 from turnrl.environments.base import Environment, checked_reset, checked_step
 from turnrl.scores import mean, std
 from turnrl.tools import tool_schemas
