@@ -7,7 +7,7 @@ import time
 import anyio
 import pytest
 
-from turnrl.tool_calls import (
+from turnrl.tools.calls import (
     CompactParser,
     HermesParser,
     JsonParser,
@@ -317,7 +317,7 @@ def test_format_result():
 
 @pytest.mark.parametrize(
     "module",
-    ["turnrl.tool_calls", "turnrl.tools", "turnrl.environments.tools"],
+    ["turnrl.tools.calls", "turnrl.tools.definition", "turnrl.environments.tool_env"],
 )
 def test_doctests(module):
     results = doctest.testmod(importlib.import_module(module))

@@ -8,7 +8,7 @@ does it for ``Discrete`` spaces (FrozenLake, Taxi, CliffWalking, ...)::
     codec = DiscreteCodec(["left", "down", "right", "up"], instructions="Reach G.")
     env = GymEnvironment("FrozenLake-v1", codec, make_kwargs={"is_slippery": False})
 
-:class:`~turnrl.environments.gym_api.TextGymEnv` (in ``gym_api.py``) goes the
+:class:`~turnrl.environments.to_gym.TextGymEnv` (in ``to_gym.py``) goes the
 other way: it exposes a turnrl Environment through the synchronous
 ``gymnasium.Env`` API, with text actions and observations, for tools that
 expect one.

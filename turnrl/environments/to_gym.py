@@ -1,6 +1,6 @@
 """A turnrl Environment behind the synchronous ``gymnasium.Env`` API.
 
-:class:`TextGymEnv` is the reverse of :class:`turnrl.environments.gym.GymEnvironment`:
+:class:`TextGymEnv` is the reverse of :class:`turnrl.environments.from_gym.GymEnvironment`:
 it exposes any turnrl Environment to tools that expect a Gymnasium env, with
 ``gymnasium.spaces.Text`` actions and observations.
 
