@@ -1,4 +1,10 @@
-"""The demo: the embedded model learns multi-turn arithmetic on a CPU.
+"""``turnrl demo``: the embedded model learns multi-turn arithmetic on a CPU.
+
+The demo runs the experiment file ``demo.yaml`` next to this module (which
+``examples/configs/arithmetic.yaml`` links to) as ``turnrl train`` would, with
+the run directory, seed and lengths of the command line, and two departures
+from the file: the held-out questions are the first 100 of the shuffled list
+(the file picks 100 at random), and no checkpoints are written.
 
 Three phases, each reported on its own:
 
@@ -36,56 +42,76 @@ with the seed and with float rounding; 360 steps leave a margin past it
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Any
 
-import structlog
+import anyio
+from transformers.utils import logging as hf_logging
 
-from turnrl.agents.engine import SamplingParams
-from turnrl.agents.tiny import tiny_model_path
-from turnrl.agents.transformers import TransformersAgent
-from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations, make_scenarios
-from turnrl.rewards import regex_format
+from turnrl.cli.build import build_experiment, build_scenarios
+from turnrl.cli.experiment import ExperimentConfig, load_experiment
+from turnrl.cli.train import run_experiment
+from turnrl.logging import configure_logging
 from turnrl.training.config import TrainingConfig
 from turnrl.training.rundir import preflight
-from turnrl.training.sft import supervised_warmstart
-from turnrl.training.trainer import Trainer, seed_everything
+from turnrl.training.trainer import seed_everything
 from turnrl.types import Scenario
 
-log = structlog.get_logger(__name__)
+DEMO_FILE = Path(__file__).with_name("demo.yaml")
 
-NUM_EVAL = 100
+# Where the demo departs from its file: hold out the first questions (the
+# generator shuffled them already), and keep no checkpoints.
+DEPARTURES = ("scenarios.split_seed=null", "run.checkpoint_every=0")
+
+
+def demo_experiment(
+    output_dir: str | Path = "runs/demo",
+    *,
+    warmstart_steps: int | None = None,
+    rl_steps: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> ExperimentConfig:
+    """The demo's experiment: ``demo.yaml`` with this run's directory, seed and lengths.
+
+    Args:
+        output_dir: The run directory.
+        warmstart_steps: Supervised steps (None: the file's; 0: no warm-start).
+        rl_steps: GRPO steps (None: the file's ``run.max_steps``).
+        seed: Seed of the questions, the demonstrations and training.
+        overwrite: Replace a previous run in ``output_dir``.
+    """
+    data = load_experiment(DEMO_FILE, overrides=DEPARTURES).model_dump()
+    data["run"] |= {"output_dir": str(output_dir), "seed": seed, "overwrite": overwrite}
+    data["scenarios"]["train"]["args"]["seed"] = seed
+    data["warmstart"]["demonstrations"]["args"]["seed"] = seed
+    if rl_steps is not None:
+        data["run"]["max_steps"] = rl_steps
+    if warmstart_steps == 0:
+        data["warmstart"] = None
+    elif warmstart_steps is not None:
+        data["warmstart"]["steps"] = warmstart_steps
+    return ExperimentConfig.model_validate(data)
 
 
 def demo_scenarios(seed: int = 0) -> tuple[list[Scenario], list[Scenario]]:
-    """``(held_out, train)``: 100 held-out questions and the 900 others."""
-    scenarios = make_scenarios(low=0, high=99, b_range=(0, 9), ops=("+",), seed=seed)
-    return scenarios[:NUM_EVAL], scenarios[NUM_EVAL:]
+    """``(held_out, train)``: the demo's 100 held-out questions and the others."""
+    train, held_out = build_scenarios(demo_experiment(seed=seed).scenarios)
+    return held_out, train
 
 
 def demo_config(output_dir: str | Path, *, rl_steps: int, seed: int) -> TrainingConfig:
-    """The demo's training settings: the balanced profile, scaled for a tiny model."""
-    return TrainingConfig.from_profile(
-        "balanced",
-        # lr 3e-4 drifts away within a few steps; 2e-4 with a short warmup and the
-        # cosine decay is the fastest stable setting measured (benchmarks/RESULTS.md).
-        optim={"lr": 2e-4, "micro_batch_size": 32, "warmup_steps": 10},
-        # Failed multi-turn episodes are 2-3x longer than successes; per-trajectory
-        # averaging keeps them from dominating the update.
-        algorithm={"beta": 0.04, "loss_aggregation": "seq_mean_token_mean"},
-        generation={"max_new_tokens": 6},
-        rollout={"scenarios_per_step": 16, "num_generations": 8},
-        eval={"every": 20, "num_generations": 4},
-        run={"max_steps": rl_steps, "output_dir": str(output_dir), "seed": seed},
-    )
+    """The demo's training settings (those of ``demo.yaml``) for a script's own Trainer."""
+    return demo_experiment(output_dir, rl_steps=rl_steps, seed=seed).training_config()
 
 
 async def run_demo(
     output_dir: str | Path = "runs/demo",
     *,
-    warmstart_steps: int = 360,
-    rl_steps: int = 90,
+    warmstart_steps: int | None = None,
+    rl_steps: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -93,8 +119,8 @@ async def run_demo(
 
     Args:
         output_dir: The run directory (metrics.jsonl, config.json, final model).
-        warmstart_steps: Supervised steps before RL.
-        rl_steps: GRPO steps.
+        warmstart_steps: Supervised steps before RL (None: the file's).
+        rl_steps: GRPO steps (None: the file's).
         seed: Seed for everything.
         overwrite: Replace a previous run in ``output_dir`` (else it is refused
             before the warm-start).
@@ -102,49 +128,61 @@ async def run_demo(
     Returns:
         ``eval_before``, ``eval_after``, ``gain`` and the wall time of each phase.
     """
+    config = demo_experiment(
+        output_dir,
+        warmstart_steps=warmstart_steps,
+        rl_steps=rl_steps,
+        seed=seed,
+        overwrite=overwrite,
+    )
     preflight(output_dir, resume=False, overwrite=overwrite)
     started = time.perf_counter()
     seed_everything(seed)
-    eval_scenarios, train_scenarios = demo_scenarios(seed)
-    agent = TransformersAgent.from_pretrained(
-        tiny_model_path(), sampling=SamplingParams(max_new_tokens=6)
-    )
-
-    log.info("phase", name="warm-start", demonstrations=len(train_scenarios), steps=warmstart_steps)
-    t0 = time.perf_counter()
-    losses = supervised_warmstart(
-        agent,
-        demonstrations(train_scenarios, retry_fraction=0.8, mistake="plus_ten", seed=seed),
-        steps=warmstart_steps,
-        lr=2e-3,
-        batch_size=64,
-        seed=seed,
-        log_every=100,
-        train_on="all",
-    )
-    warmstart_s = time.perf_counter() - t0
-
-    log.info("phase", name="rl", scenarios=len(train_scenarios), held_out=len(eval_scenarios))
-    config = demo_config(output_dir, rl_steps=rl_steps, seed=seed)
-    config.run.overwrite = overwrite
-    # The format component has weight 0: logged as a metric, not trained on.
-    rewards = {regex_format(r"\s*-?\d+\s*"): 0.0}
-    trainer = Trainer(
-        agent,
-        ArithmeticEnvironment(train_scenarios),
-        rewards,
-        config,
-        eval_scenarios=eval_scenarios,
-    )
-    summary = await trainer.train()
-    before, after = summary["eval_before"], summary["eval_after"]
+    result = await run_experiment(build_experiment(config))
+    before, after = result["eval_before"], result["eval_after"]
     return {
         "eval_before": before,
         "eval_after": after,
         "gain": None if before is None or after is None else after - before,
-        "warmstart_final_loss": losses[-1],
-        "warmstart_s": warmstart_s,
-        "rl_s": summary["wall_s"],
+        "warmstart_s": result["warmstart_s"],
+        "rl_s": result["wall_s"],
         "total_s": time.perf_counter() - started,
-        "run_dir": str(trainer.run_dir),
+        "run_dir": result["run_dir"],
     }
+
+
+def command(args: argparse.Namespace) -> int:
+    """``turnrl demo``: run the demo and print the held-out reward before and after RL."""
+    configure_logging(args.log_level)
+    hf_logging.disable_progress_bar()  # weight-loading bars drown the step lines
+    print(
+        "turnrl demo: a 3.4M-parameter Llama learns multi-turn arithmetic.\n"
+        "  phase 1: supervised warm-start on a sloppy teacher's demonstrations\n"
+        "           (first answers usually off by ten, then a retry)\n"
+        "  phase 2: GRPO on 'What is a+b?' with retries after 'Wrong. Try again.';\n"
+        "           the reward pays most for a right first answer\n"
+        "  eval: held-out questions (in no demonstration and no RL scenario)\n",
+        flush=True,
+    )
+    result = anyio.run(
+        lambda: run_demo(
+            args.output,
+            warmstart_steps=args.warmstart_steps,
+            rl_steps=args.steps,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    )
+    if result["gain"] is None:
+        print("\nno held-out reward: every evaluation episode failed (see the log above)")
+        return 1
+    print()
+    print(f"  held-out reward before RL : {result['eval_before']:.3f}")
+    print(f"  held-out reward after RL  : {result['eval_after']:.3f}")
+    print(f"  gain                      : {result['gain']:+.3f}")
+    print(
+        f"  wall time                 : {result['total_s']:.0f} s "
+        f"(warm-start {result['warmstart_s']:.0f} s, RL with evals {result['rl_s']:.0f} s)"
+    )
+    print(f"  run directory             : {result['run_dir']}")
+    return 0

@@ -1,31 +1,132 @@
-"""What the CLI does with an experiment or a finished run, as plain functions.
+"""``turnrl train``: run an experiment file, or check it with ``--dry-run``.
 
-- :func:`dry_run`: build everything and run one group without updating
-  (``turnrl train --dry-run``);
-- :func:`run_experiment`: warm-start (optional), train, plot (``turnrl train``);
-- :func:`evaluate_run`: held-out reward of a run or checkpoint (``turnrl eval``);
-- :func:`find_experiment`: the experiment a run was started from.
+- :func:`run_experiment`: warm-start (optional), train, plot;
+- :func:`dry_run`: build everything and run one group without updating.
 
-Each returns data; printing is the CLI's job.
+Each returns data; :func:`command` prints.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import argparse
+import shlex
+import signal
+import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+import anyio
 import structlog
+from transformers.utils import logging as hf_logging
 
-from turnrl.experiment import Experiment, ExperimentConfig, build_experiment
-from turnrl.training.config_files import read_json_object
-from turnrl.training.export import load_policy, resolve_policy_dir
+from turnrl.cli.build import Experiment, build_experiment
+from turnrl.cli.experiment import load_experiment
+from turnrl.environments.checker import check_env
+from turnrl.logging import configure_logging
+from turnrl.rewards.combine import score_groups
+from turnrl.training.rollout import rollout_metrics
 from turnrl.training.rundir import check_usable, preflight
+from turnrl.training.trainer import Trainer, TrainingInterrupted
 
 log = structlog.get_logger(__name__)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``turnrl train EXPERIMENT``: train (or ``--dry-run``) and print where the run is."""
+    configure_logging(args.log_level)
+    hf_logging.disable_progress_bar()
+    overrides = [*(args.set or ()), *(["run.overwrite=true"] if args.overwrite else [])]
+    config = load_experiment(args.config, profile=args.profile, overrides=overrides)
+    experiment = build_experiment(config)
+    if args.dry_run:
+        result = anyio.run(dry_run, experiment)
+        _print_dry_run(experiment, result)
+        return 0
+    try:
+        result = anyio.run(
+            lambda: run_experiment(experiment, resume=args.resume, force_resume=args.force_resume)
+        )
+    except TrainingInterrupted as stop:
+        print(
+            f"turnrl train: stopped by {signal.Signals(stop.signum).name} after step {stop.step}, "
+            f"checkpoint {stop.checkpoint}; resume with: {_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    print()
+    for key, label in (("eval_before", "held-out reward before"), ("eval_after", "after")):
+        if result[key] is not None:
+            print(f"  {label:<24}: {result[key]:.3f}")
+    print(f"  {'steps':<24}: {result['steps']}")
+    print(f"  {'wall time':<24}: {result['wall_s'] + result['warmstart_s']:.0f} s")
+    print(f"  {'run directory':<24}: {result['run_dir']}")
+    return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``turnrl train`` command line that continues this run."""
+    words = ["turnrl", "train", args.config]
+    if args.profile:
+        words += ["--profile", args.profile]
+    for item in args.set or ():
+        words += ["--set", item]
+    return shlex.join([*words, "--resume"])
+
+
+def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
+    cfg = experiment.config
+    metrics = result["metrics"]
+    rewards = ", ".join(f"{fn.name} x{w:g}" for fn, w in experiment.rewards.items()) or "none"
+    lines = [
+        ("model", cfg.model.path or "embedded tiny model"),
+        ("parameters", f"{result['parameters']:,} ({result['trainable']:,} trainable)"),
+        ("environment", cfg.environment.target),
+        (
+            "scenarios",
+            f"{len(experiment.train_scenarios)} train, {len(experiment.eval_scenarios)} held out",
+        ),
+        ("rewards", f"environment + {rewards}" if experiment.rewards else "environment"),
+        (
+            "estimator",
+            f"{cfg.algorithm.estimator} (beta {cfg.algorithm.beta:g}, "
+            f"lr {cfg.optim.lr:g}, profile {cfg.profile})",
+        ),
+        (
+            "would run",
+            f"{cfg.run.max_steps} steps x {cfg.rollout.scenarios_per_step} scenarios "
+            f"x {cfg.rollout.num_generations} generations -> {cfg.run.output_dir}",
+        ),
+        (
+            "warm-start",
+            f"{cfg.warmstart.steps} steps on {len(experiment.demonstrations)} demonstrations"
+            if cfg.warmstart
+            else "none",
+        ),
+        (
+            "one group",
+            f"{len(result['trajectories'])} episodes, reward "
+            f"{_fmt(metrics.get('rollout/reward_mean'))}, failed "
+            f"{_fmt(metrics.get('rollout/failed'))}, {result['tokens']} trained tokens",
+        ),
+        (
+            "timing",
+            f"rollout {result['rollout_s']:.2f} s, forward passes {result['forward_s']:.2f} s",
+        ),
+    ]
+    print("dry run: the experiment builds and runs; nothing was trained or written\n")
+    for key, value in lines:
+        print(f"  {key:<12} {value}")
+    sample = result["trajectories"][0]
+    print("\n  first episode:")
+    for message in sample.conversation:
+        print(f"    {message.role:>9}: {message.content!r}")
+    if sample.error:
+        print(f"    error: {sample.error}")
+
+
+async def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 async def dry_run(experiment: Experiment) -> dict[str, Any]:
@@ -43,49 +144,33 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
         the batch, ``parameters`` of the policy and the ``rollout_s`` /
         ``forward_s`` timings.
     """
-    from turnrl.environments.checker import check_env
-    from turnrl.rewards.combine import score_groups
-    from turnrl.training.batch import build_batch
-    from turnrl.training.rollout import collect, rollout_metrics
-    from turnrl.training.trainer import Trainer
-    from turnrl.training.update import score_batch
-
     check_usable(experiment.config.run.output_dir)
     await check_env(experiment.env)
     config = experiment.config.model_copy(deep=True)
+    config.rollout.scenarios_per_step = 1
     with tempfile.TemporaryDirectory(prefix="turnrl-dry-run-") as tmp:
         config.run.output_dir = tmp
         config.run.save_final = False
+        config.run.progress = False
         config.wandb.enabled = False
+        scenarios = experiment.train_scenarios[:1]
         trainer = Trainer(
             experiment.agent,
             experiment.env,
             experiment.rewards or None,
             config,
-            scenarios=experiment.train_scenarios,
+            scenarios=scenarios,
         )
-        t0 = time.perf_counter()
-        groups = await collect(
-            trainer.agent,
-            trainer.env,
-            trainer.scenarios[:1],
-            config.rollout.num_generations,
-            seed=config.run.seed,
-            sampling=trainer.sampling,
-        )
-        metrics = await score_groups(groups, trainer.rewards)
-        metrics |= rollout_metrics(groups)
-        t1 = time.perf_counter()
-        ok = [g for g in groups if g.ok]
-        tokens = 0
-        if ok:
-            batch = build_batch(
-                ok, pad_token_id=trainer.agent.tokenizer.pad_token_id, device=trainer.device
-            )
-            score_batch(trainer.policy, trainer.ref_model, trainer.value_model, batch, config)
-            tokens = batch.num_tokens
-        trainer.metrics.close()
-        trainer.close()
+        try:
+            t0 = time.perf_counter()
+            groups = await trainer.collect_groups()
+            metrics = await score_groups(groups, trainer.rewards) | rollout_metrics(groups)
+            t1 = time.perf_counter()
+            ok = [g for g in groups if g.ok]
+            tokens = trainer.prepare_batch(ok).num_tokens if ok else 0
+        finally:
+            trainer.metrics.close()
+            trainer.close()
     return {
         "trajectories": [t for g in groups for t in g.trajectories],
         "metrics": metrics,
@@ -129,122 +214,3 @@ async def run_experiment(
     trainer = experiment.trainer(resume=resume, force_resume=force_resume)
     summary = await trainer.train()
     return summary | {"warmstart_s": warmstart_s, "run_dir": str(trainer.run_dir)}
-
-
-def find_experiment(target: str | Path, config: str | Path | None = None) -> ExperimentConfig:
-    """The experiment behind a run directory, its ``final`` or a checkpoint.
-
-    Args:
-        target: What ``turnrl eval`` was given.
-        config: An experiment file to use instead of the run's own.
-
-    Raises:
-        ValueError: The run was not started from an experiment file (a script
-            run) and no ``config`` was given.
-    """
-    from turnrl.experiment import load_experiment
-
-    if config is not None:
-        return load_experiment(config)
-    where = resolve_policy_dir(target)
-    for candidate in (where, where.parent, where.parent.parent):
-        file = candidate / "config.json"
-        if file.is_file() and candidate.name != "final":
-            data = read_json_object(file, hint="pass --config")
-            if "model_type" in data:  # a model's own config.json
-                continue
-            if "environment" not in data:
-                break
-            return ExperimentConfig.model_validate(data)
-    raise ValueError(
-        f"{target}: no experiment config found next to the model (runs started from a Python "
-        "script do not record their environment); pass --config EXPERIMENT.yaml"
-    )
-
-
-async def evaluate_run(
-    target: str | Path,
-    *,
-    config: str | Path | None = None,
-    num_generations: int | None = None,
-    greedy: bool = False,
-    max_scenarios: int | None = None,
-    output_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Mean reward of a trained policy on the experiment's held-out scenarios.
-
-    Args:
-        target: A run directory, its ``final``, a checkpoint or a model directory.
-        config: The experiment file (default: the one the run recorded).
-        num_generations: Samples per scenario (default: the config's eval setting).
-        greedy: Decode greedily (one sample per scenario).
-        max_scenarios: Evaluate on the first N held-out scenarios only.
-        output_dir: Where ``eval_samples.jsonl`` and ``eval_results.json`` go
-            (default: ``eval/`` in the run directory); a previous evaluation's
-            files there are replaced.
-
-    Returns:
-        The ``eval/*`` metrics, plus ``scenarios`` and ``output_dir``.
-
-    Raises:
-        ValueError: No experiment config, it has no held-out scenarios,
-            ``num_generations`` or ``max_scenarios`` below 1, or ``output_dir``
-            holds a training run.
-    """
-    for name, value in (("num_generations", num_generations), ("max_scenarios", max_scenarios)):
-        if value is not None and (isinstance(value, bool) or value < 1):
-            raise ValueError(f"{name} must be >= 1, got {value!r}")
-    experiment_config = find_experiment(target, config)
-    patch: dict[str, Any] = {"temperature": 0.0} if greedy else {}
-    if num_generations is not None:
-        patch["num_generations"] = num_generations
-    if max_scenarios is not None:
-        patch["max_scenarios"] = max_scenarios
-    where = resolve_policy_dir(target)
-    run_dir = where.parent.parent if (where / "trainer.json").is_file() else where.parent
-    out = Path(output_dir) if output_dir is not None else run_dir / "eval"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out} is a file; give a directory")
-    # A training run's directory, not a previous evaluation's (which has eval_results.json).
-    if any((out / name).exists() for name in ("checkpoints", "final")) or (
-        (out / "metrics.jsonl").exists() and not (out / "eval_results.json").exists()
-    ):
-        raise ValueError(
-            f"--output {out} holds a training run; evaluation results would mix with it, so "
-            "give another directory"
-        )
-    with tempfile.TemporaryDirectory(prefix="turnrl-eval-") as scratch:
-        # The evaluating Trainer's own files (config, metrics) stay out of `out`.
-        experiment_config = experiment_config.model_copy(
-            update={
-                "eval": experiment_config.eval.model_copy(update=patch),
-                # The eval needs neither a reference model nor a warm-start.
-                "algorithm": experiment_config.algorithm.model_copy(update={"beta": 0.0}),
-                "run": experiment_config.run.model_copy(
-                    update={"output_dir": scratch, "save_final": False}
-                ),
-                "wandb": experiment_config.wandb.model_copy(update={"enabled": False}),
-            }
-        )
-        experiment = build_experiment(experiment_config, agent=load_policy(where))
-        if not experiment.eval_scenarios:
-            raise ValueError(
-                "the experiment has no held-out scenarios: add scenarios.eval or "
-                "scenarios.eval_fraction to it"
-            )
-        trainer = experiment.trainer()
-        try:
-            metrics = await trainer.evaluate()
-        finally:
-            trainer.metrics.close()
-            trainer.close()
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(scratch) / "eval_samples.jsonl", out / "eval_samples.jsonl")
-    result = {
-        **metrics,
-        "scenarios": len(trainer.eval_scenarios),
-        "model": str(where),
-        "output_dir": str(out),
-    }
-    (out / "eval_results.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result

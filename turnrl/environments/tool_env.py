@@ -43,8 +43,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from turnrl.environments.base import Environment, StepResult, scenario_from_options
-from turnrl.tools.calls import HermesParser, ToolCallParser
 from turnrl.tools import Tool, ToolCall, ToolOutcome, execute, tool
+from turnrl.tools.calls import HermesParser, ToolCallParser
 from turnrl.types import Message, Scenario
 
 ScoreFn = Callable[[str, Scenario], float | Awaitable[float]]

@@ -7,14 +7,6 @@ import time
 import anyio
 import pytest
 
-from turnrl.tools.calls import (
-    CompactParser,
-    HermesParser,
-    JsonParser,
-    ToolCall,
-    ToolCallParser,
-    parser_for_template,
-)
 from turnrl.tools import (
     Tool,
     ToolArgumentError,
@@ -23,6 +15,14 @@ from turnrl.tools import (
     format_result,
     tool,
     validate_arguments,
+)
+from turnrl.tools.calls import (
+    CompactParser,
+    HermesParser,
+    JsonParser,
+    ToolCall,
+    ToolCallParser,
+    parser_for_template,
 )
 
 
