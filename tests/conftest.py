@@ -100,6 +100,7 @@ def sampled_logprobs():
 
 # A run directory as the trainer leaves it: tests of logging, plots and cli/report.
 
+
 def _synthetic_records(steps=30, eval_every=10):
     """Step 0 holds only the eval before training, as the trainer writes it.
 
@@ -142,7 +143,6 @@ def run_dir(tmp_path):
     )
     config.save(run_dir / "config.json")
     return run_dir
-
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from turnrl.cli.main import build_parser, main
 from turnrl.training.checkpoint import latest_checkpoint
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "examples/configs/arithmetic_data.yaml"
 
 
@@ -62,6 +63,7 @@ def test_dry_run_builds_everything_and_writes_nothing(tmp_path, capsys, monkeypa
     assert code == 0
     out = capsys.readouterr().out
     assert "dry run" in out and "one group" in out and "4 episodes" in out
+    assert re.search(r"4 episodes, reward \d\.\d{3}, failed \d\.\d{3}, \d+ trained tokens", out)
     assert "16 train, 4 held out" in out and "numeric_match x0.5" in out
     assert not out_dir.exists()
 

@@ -107,4 +107,3 @@ def test_missing_run_dir_or_metrics_file_or_records(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="has no records yet"):
         summarize_run(tmp_path)
-

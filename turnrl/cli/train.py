@@ -125,7 +125,7 @@ def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
         print(f"    error: {sample.error}")
 
 
-async def _fmt(value: Any) -> str:
+def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
