@@ -107,37 +107,24 @@ def demo_config(output_dir: str | Path, *, rl_steps: int, seed: int) -> Training
     return demo_experiment(output_dir, rl_steps=rl_steps, seed=seed).training_config()
 
 
-async def run_demo(
-    output_dir: str | Path = "runs/demo",
-    *,
-    warmstart_steps: int | None = None,
-    rl_steps: int | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> dict[str, Any]:
+async def run_demo(config: ExperimentConfig | None = None) -> dict[str, Any]:
     """Warm-start, evaluate, train with RL, evaluate again.
 
     Args:
-        output_dir: The run directory (metrics.jsonl, config.json, final model).
-        warmstart_steps: Supervised steps before RL (None: the file's).
-        rl_steps: GRPO steps (None: the file's).
-        seed: Seed for everything.
-        overwrite: Replace a previous run in ``output_dir`` (else it is refused
-            before the warm-start).
+        config: The demo's experiment (default: :func:`demo_experiment`'s).
 
     Returns:
         ``eval_before``, ``eval_after``, ``gain`` and the wall time of each phase.
+
+    Raises:
+        RunDirError: The run directory holds a run and ``run.overwrite`` is not
+            set (checked before the warm-start).
     """
-    config = demo_experiment(
-        output_dir,
-        warmstart_steps=warmstart_steps,
-        rl_steps=rl_steps,
-        seed=seed,
-        overwrite=overwrite,
-    )
-    preflight(output_dir, resume=False, overwrite=overwrite)
+    config = demo_experiment() if config is None else config
+    run = config.run
+    preflight(run.output_dir, resume=False, overwrite=run.overwrite)
     started = time.perf_counter()
-    seed_everything(seed)
+    seed_everything(run.seed)
     result = await run_experiment(build_experiment(config))
     before, after = result["eval_before"], result["eval_after"]
     return {
@@ -164,15 +151,9 @@ def command(args: argparse.Namespace) -> int:
         "  eval: held-out questions (in no demonstration and no RL scenario)\n",
         flush=True,
     )
-    result = anyio.run(
-        lambda: run_demo(
-            args.output,
-            warmstart_steps=args.warmstart_steps,
-            rl_steps=args.steps,
-            seed=args.seed,
-            overwrite=args.overwrite,
-        )
-    )
+    lengths = {"warmstart_steps": args.warmstart_steps, "rl_steps": args.steps}
+    config = demo_experiment(args.output, seed=args.seed, overwrite=args.overwrite, **lengths)
+    result = anyio.run(run_demo, config)
     if result["gain"] is None:
         print("\nno held-out reward: every evaluation episode failed (see the log above)")
         return 1
