@@ -32,7 +32,7 @@ def child(args: argparse.Namespace) -> None:
 
     from turnrl.agents.engine import SamplingParams
     from turnrl.agents.transformers import TransformersAgent
-    from turnrl.demo import demo_config, demo_scenarios
+    from turnrl.cli.demo import demo_config, demo_scenarios
     from turnrl.environments.tasks import ArithmeticEnvironment
     from turnrl.training.trainer import Trainer
 

@@ -24,7 +24,7 @@ import torch
 
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.demo import demo_scenarios
+from turnrl.cli.demo import demo_scenarios
 from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations
 from turnrl.environments.tasks.arithmetic import RETRY_TEXT
 from turnrl.training.config import TrainingConfig

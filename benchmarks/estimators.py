@@ -28,7 +28,7 @@ import torch
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.demo import demo_scenarios
+from turnrl.cli.demo import demo_scenarios
 from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations
 from turnrl.training.config import TrainingConfig
 from turnrl.training.sft import supervised_warmstart

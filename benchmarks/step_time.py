@@ -20,7 +20,7 @@ import time
 
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.demo import demo_config, demo_scenarios
+from turnrl.cli.demo import demo_config, demo_scenarios
 from turnrl.environments.tasks import ArithmeticEnvironment
 from turnrl.rewards import regex_format
 from turnrl.training.trainer import Trainer, seed_everything

@@ -47,7 +47,7 @@ from turnrl.agents.engine import SamplingParams
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks.calculator import calculator_env, demonstrations, make_scenarios
-from turnrl.tool_calls import CompactParser, HermesParser
+from turnrl.tools.calls import CompactParser, HermesParser
 from turnrl.training.config import TrainingConfig
 from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer, seed_everything

@@ -24,7 +24,7 @@ import random
 import turnrl
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.environments import check_env
-from turnrl.environments.gym import DiscreteCodec, GymEnvironment
+from turnrl.environments.from_gym import DiscreteCodec, GymEnvironment
 from turnrl.logging import read_metrics
 from turnrl.training.sft import supervised_warmstart
 from turnrl.types import Message, Scenario, assistant

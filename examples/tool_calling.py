@@ -35,9 +35,9 @@ import random
 import turnrl
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.environments.tasks.calculator import make_scenarios
-from turnrl.environments.tools import ToolEnvironment
-from turnrl.tool_calls import CompactParser, ToolCall, parser_for_template
+from turnrl.environments.tool_env import ToolEnvironment
 from turnrl.tools import tool
+from turnrl.tools.calls import CompactParser, ToolCall, parser_for_template
 from turnrl.training.sft import supervised_warmstart
 from turnrl.types import Message
 

@@ -1,4 +1,8 @@
+import json
+
 import pytest
+
+from turnrl.training.config import TrainingConfig
 
 
 @pytest.fixture
@@ -92,3 +96,62 @@ def sampled_logprobs():
         return train[mask], batch.behavior_logprobs[mask]
 
     return sample
+
+
+# A run directory as the trainer leaves it: tests of logging, plots and cli/report.
+
+
+def _synthetic_records(steps=30, eval_every=10):
+    """Step 0 holds only the eval before training, as the trainer writes it.
+
+    Step s has rollout reward s/100, KL s/1000, policy loss -s/100, and takes
+    2 s (odd s) or 4 s (even s). Evals at steps 0, 10, 20, 30: 0.1, 0.5, 0.7, 0.6.
+    """
+    evals = {0: 0.1, 10: 0.5, 20: 0.7, 30: 0.6}
+    records = [{"step": 0, "eval/reward_mean": evals[0]}]
+    for s in range(1, steps + 1):
+        record = {
+            "step": s,
+            "rollout/reward_mean": s / 100,
+            "train/kl": s / 1000,
+            "loss/policy": -s / 100,
+            "perf/step_s": 2.0 if s % 2 else 4.0,
+        }
+        if s % eval_every == 0:
+            record["eval/reward_mean"] = evals[s]
+        records.append(record)
+    return records
+
+
+def _write_metrics(run_dir, records, tail=""):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records) + tail
+    (run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run_dir = _write_metrics(tmp_path / "run", _synthetic_records())
+    # The real writer, so a change to TrainingConfig's layout breaks this test.
+    config = TrainingConfig.from_profile(
+        "balanced",
+        algorithm={"estimator": "rloo"},
+        optim={"lr": 3e-4},
+        model={"path": "/models/x"},
+        run={"seed": 7},
+    )
+    config.save(run_dir / "config.json")
+    return run_dir
+
+
+@pytest.fixture
+def synthetic_records():
+    """``synthetic_records(steps=30, eval_every=10)``: metrics records with hand-picked values."""
+    return _synthetic_records
+
+
+@pytest.fixture
+def write_metrics():
+    """``write_metrics(run_dir, records, tail="")``: write ``run_dir/metrics.jsonl``."""
+    return _write_metrics

@@ -33,8 +33,8 @@ async def test_tool_calling_example_runs(tmp_path):
 def test_demonstrations_match_the_environment():
     module = load()
     from turnrl.environments.tasks.calculator import make_scenarios
-    from turnrl.environments.tools import ToolEnvironment
-    from turnrl.tool_calls import CompactParser
+    from turnrl.environments.tool_env import ToolEnvironment
+    from turnrl.tools.calls import CompactParser
 
     scenarios = make_scenarios(4, seed=1)
     env = ToolEnvironment(scenarios, [module.calculator], parser=CompactParser())

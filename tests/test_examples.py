@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from turnrl.cli import build_parser, main
+from turnrl.cli.main import build_parser, main
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -22,6 +22,8 @@ import structlog
 if TYPE_CHECKING:
     from turnrl.types import Trajectory
 
+log = structlog.get_logger(__name__)
+
 # The few numbers a person watches; everything else is in metrics.jsonl.
 CONSOLE_KEYS = (
     ("rollout/reward_mean", "reward"),
@@ -155,9 +157,59 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """The records of a run's ``metrics.jsonl``, in step order.
+
+    A run that crashed mid-write leaves a truncated last line, which is
+    skipped with a ``metrics_line_skipped`` warning. A bad line anywhere else
+    means the file was damaged some other way, so it raises with the line
+    number rather than guess.
+
+    Args:
+        run_dir: The run directory (``run.output_dir``).
+
+    Returns:
+        One dict per logged record, each with an integer ``step`` (empty for
+        an empty file).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` or its ``metrics.jsonl`` does not exist.
+        ValueError: A line before the last is not a JSON object with an
+            integer ``step`` (the message names the line).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir} (expected {path})")
+    numbered = [
+        (number, line)
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if line.strip()
+    ]
+    records = []
+    for i, (number, line) in enumerate(numbered):
+        record, problem = _parse_record(line)
+        if problem is None:
+            records.append(record)
+        elif i == len(numbered) - 1:
+            log.warning("metrics_line_skipped", path=str(path), line=number, reason=problem)
+        else:
+            raise ValueError(f"{path}, line {number}: {problem}; the file is corrupt")
+    return sorted(records, key=lambda r: r["step"])
+
+
+def _parse_record(line: str) -> tuple[dict[str, Any], str | None]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return {}, f"not valid JSON ({e.msg})"
+    if not isinstance(record, dict):
+        return {}, f"expected a JSON object, got {type(record).__name__}"
+    # bool is an int subclass; a step of true is still corruption.
+    if not isinstance(record.get("step"), int) or isinstance(record["step"], bool):
+        return {}, "no integer 'step'"
+    return record, None
 
 
 def _clean(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Tests for turnrl.environments.gym and gym_api: the codec, GymEnvironment, TextGymEnv."""
+"""Tests for turnrl.environments.from_gym and gym_api: the codec, GymEnvironment, TextGymEnv."""
 
 import doctest
 import threading
@@ -11,15 +11,15 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 from turnrl.environments import TurnLimit, check_env
-from turnrl.environments import gym as gym_module
-from turnrl.environments.gym import (
+from turnrl.environments import from_gym as gym_module
+from turnrl.environments.from_gym import (
     ActionParseError,
     DiscreteCodec,
     GymEnvironment,
     TextCodec,
     seeded_scenarios,
 )
-from turnrl.environments.gym_api import TextGymEnv
+from turnrl.environments.to_gym import TextGymEnv
 from turnrl.training.rollout import run_episode
 from turnrl.types import Message, Scenario, Turn, assistant, system, user
 

@@ -14,9 +14,9 @@ from turnrl.environments.tasks.calculator import (
     demonstrations,
     make_scenarios,
 )
-from turnrl.environments.tools import ToolEnvironment, exact_answer
-from turnrl.tool_calls import CompactParser, HermesParser
+from turnrl.environments.tool_env import ToolEnvironment, exact_answer
 from turnrl.tools import tool
+from turnrl.tools.calls import CompactParser, HermesParser
 from turnrl.training.batch import build_batch
 from turnrl.training.offline import trajectory_from_messages
 from turnrl.training.rollout import collect, offered_tools, rollout_metrics, run_episode

@@ -1,7 +1,7 @@
 """Interrupted and resumed runs equal uninterrupted ones, bit for bit, for every experiment shape.
 
 Each shape trains 3 steps with a checkpoint every 2 through `turnrl train`'s own path
-(:func:`turnrl.runs.run_experiment`), once straight through and once killed in step 3 and
+(:func:`turnrl.cli.train.run_experiment`), once straight through and once killed in step 3 and
 resumed. The metrics (timings aside) and every saved tensor (policy, critic, reference)
 must be identical. Every shape starts from a supervised warm-start, so the KL reference
 differs from the model on disk: it must come back from the checkpoint (with LoRA it is the
@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from turnrl.experiment import Experiment, build_experiment, load_experiment
-from turnrl.runs import run_experiment
+from turnrl.cli.build import Experiment, build_experiment
+from turnrl.cli.experiment import load_experiment
+from turnrl.cli.train import run_experiment
 from turnrl.training.trainer import Trainer
 
 WARMSTART = {

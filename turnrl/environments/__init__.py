@@ -19,7 +19,7 @@ from turnrl.environments.conversation import (
     frozen_copy,
     is_frozen,
 )
-from turnrl.environments.tools import ToolEnvironment, exact_answer
+from turnrl.environments.tool_env import ToolEnvironment, exact_answer
 from turnrl.environments.wrappers import EnvTimeoutError, Timeout, TurnLimit, Wrapper
 
 __all__ = [

@@ -11,11 +11,11 @@ returning ``None`` before any rollout.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
+from turnrl.imports import import_object
 from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
 from turnrl.training.config import AlgorithmConfig
 
@@ -30,19 +30,14 @@ def estimator_factory(kind: str) -> Callable[[AlgorithmConfig], AdvantageEstimat
     """
     if kind in ESTIMATORS:
         return ESTIMATORS[kind]
-    module_name, _, attr = kind.partition(":")
     hint = (
         f"give a built-in name ({', '.join(ESTIMATORS)}) or 'package.module:factory', a "
         "function taking the AlgorithmConfig and returning an estimator"
     )
     try:
-        factory: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(
-            f"estimator {kind!r}: cannot import {attr!r} from {module_name!r} ({e}); {hint}"
-        ) from None
+        factory = import_object(kind)
+    except ValueError as e:
+        raise ValueError(f"estimator {e}; {hint}") from None
     if not callable(factory) or inspect.isbuiltin(factory):
         what = "a built-in function" if inspect.isbuiltin(factory) else "not callable"
         raise ValueError(f"estimator {kind!r} is {what}, not an estimator factory; {hint}")

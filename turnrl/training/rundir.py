@@ -346,7 +346,7 @@ def record_resume(
     another run's checkpoint, and appends the config changes to
     ``config_history.jsonl``.
     """
-    from turnrl.report import load_run_metrics
+    from turnrl.logging import read_metrics
 
     run_dir = Path(run_dir)
     own_run = checkpoint.resolve().parent.parent == run_dir.resolve()
@@ -356,7 +356,7 @@ def record_resume(
         shutil.rmtree(path)
     metrics_file = run_dir / "metrics.jsonl"
     if own_run and metrics_file.exists() and metrics_file.read_text(encoding="utf-8").strip():
-        kept = [r for r in load_run_metrics(run_dir) if r["step"] <= step]
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
         metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     if changes or not own_run:
         record = {"step": step, "checkpoint": str(checkpoint), "changes": changes, "forced": forced}

@@ -34,13 +34,13 @@ from turnrl.agents.inference import SamplingParams
 from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.logging import MetricsLogger, ensure_logging
+from turnrl.plots import plot_run
 from turnrl.progress import Progress
-from turnrl.report import plot_run
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.rewards.combine import with_timeout
 from turnrl.training import rundir
 from turnrl.training.advantages import AdvantageEstimator
-from turnrl.training.batch import build_batch
+from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.checkpoint import (
     CheckpointError,
     apply_optim_settings,
@@ -382,8 +382,12 @@ class Trainer:
         except Exception as e:  # the run is done and saved; the picture is a bonus
             log.warning("plot_skipped", reason=f"{type(e).__name__}: {e}")
 
-    def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
-        """Score, estimate and update on ``groups``."""
+    def prepare_batch(self, groups: Sequence[TrajectoryGroup]) -> RolloutBatch:
+        """The batch an update starts from, without updating.
+
+        ``groups`` tokenized, with the log-probs of the policy and the reference
+        and the critic's values (forward passes only, no gradient).
+        """
         batch = build_batch(
             groups,
             pad_token_id=self.agent.tokenizer.pad_token_id,
@@ -391,7 +395,11 @@ class Trainer:
             # GAE bootstraps a truncated episode from the value of its real next state.
             encode=self.agent.encode if self.value_model is not None else None,
         )
-        batch = score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
+        return score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
+
+    def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
+        """Score, estimate and update on ``groups``."""
+        batch = self.prepare_batch(groups)
         batch, metrics = estimate(batch, self.estimator, self.config, self.dist)
         return metrics | policy_update(
             self.policy,

@@ -10,7 +10,7 @@ episodes that call the tool rise together.
 
 Choices, and why:
 
-* The environment is a plain :class:`~turnrl.environments.tools.ToolEnvironment`
+* The environment is a plain :class:`~turnrl.environments.tool_env.ToolEnvironment`
   built by :func:`calculator_env`; this module adds the tool, the scenarios
   and the demonstrations, nothing else.
 * Operands run from 317 to 999 by default, so every product has 6 digits:
@@ -36,8 +36,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from turnrl.environments.tools import ToolEnvironment
-from turnrl.tool_calls import ToolCall
+from turnrl.environments.tool_env import ToolEnvironment
+from turnrl.tools.calls import ToolCall
 from turnrl.types import Message, Scenario, assistant, user
 
 _OPERATORS: dict[type, Any] = {
@@ -157,7 +157,7 @@ def demonstration(
         scenario: The question.
         use_tool: False gives a direct answer instead, with no tool call.
 
-    >>> from turnrl.tool_calls import CompactParser
+    >>> from turnrl.tools.calls import CompactParser
     >>> env = calculator_env([], parser=CompactParser())
     >>> s = make_scenarios(1, seed=0)[0]
     >>> [(m.role, m.content) for m in demonstration(env, s)]

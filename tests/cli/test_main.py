@@ -2,16 +2,17 @@
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from turnrl.cli import build_parser, main
+from turnrl.cli.main import build_parser, main
 from turnrl.training.checkpoint import latest_checkpoint
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "examples/configs/arithmetic_data.yaml"
 
 
@@ -62,6 +63,7 @@ def test_dry_run_builds_everything_and_writes_nothing(tmp_path, capsys, monkeypa
     assert code == 0
     out = capsys.readouterr().out
     assert "dry run" in out and "one group" in out and "4 episodes" in out
+    assert re.search(r"4 episodes, reward \d\.\d{3}, failed \d\.\d{3}, \d+ trained tokens", out)
     assert "16 train, 4 held out" in out and "numeric_match x0.5" in out
     assert not out_dir.exists()
 
@@ -263,7 +265,7 @@ def test_a_corrupt_checkpoint_is_named(
     ],
 )
 def test_user_errors_during_training_are_one_line(error, capsys, monkeypatch):
-    from turnrl.experiment import import_object
+    from turnrl.imports import import_object
 
     kind = import_object(error)
 
@@ -271,7 +273,7 @@ def test_user_errors_during_training_are_one_line(error, capsys, monkeypatch):
         raise kind("what went wrong, and the fix")
 
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr("turnrl.runs.run_experiment", fails)
+    monkeypatch.setattr("turnrl.cli.train.run_experiment", fails)
     assert main(["train", CONFIG]) == 2
     err = capsys.readouterr().err
     assert err == "turnrl train: error: what went wrong, and the fix\n"
@@ -290,14 +292,14 @@ def test_grouped_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, 
     async def grouped(*args, **kwargs):
         raise ExceptionGroup("tasks", [RolloutFailureError("3 of 4 episodes failed")])
 
-    monkeypatch.setattr("turnrl.runs.run_experiment", grouped)
+    monkeypatch.setattr("turnrl.cli.train.run_experiment", grouped)
     assert main(["train", CONFIG]) == 2
     assert capsys.readouterr().err == "turnrl train: error: 3 of 4 episodes failed\n"
 
     async def bug(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("turnrl.runs.run_experiment", bug)
+    monkeypatch.setattr("turnrl.cli.train.run_experiment", bug)
     with pytest.raises(KeyError):
         main(["train", CONFIG])
 

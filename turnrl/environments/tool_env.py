@@ -8,7 +8,7 @@ One episode::
     assistant: 56088                      <- no tool call: the final answer, scored
 
 Each assistant message is parsed with the environment's
-:class:`~turnrl.tool_calls.ToolCallParser`. If it holds tool calls, each is
+:class:`~turnrl.tools.calls.ToolCallParser`. If it holds tool calls, each is
 executed (:func:`turnrl.tools.execute`, with a time limit) and answered with
 one ``tool`` message, in order; the episode goes on with reward 0. If it holds
 none, it is the final answer: ``score(answer, scenario)`` is the reward and
@@ -43,8 +43,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from turnrl.environments.base import Environment, StepResult, scenario_from_options
-from turnrl.tool_calls import HermesParser, ToolCallParser
 from turnrl.tools import Tool, ToolCall, ToolOutcome, execute, tool
+from turnrl.tools.calls import HermesParser, ToolCallParser
 from turnrl.types import Message, Scenario
 
 ScoreFn = Callable[[str, Scenario], float | Awaitable[float]]
@@ -85,8 +85,8 @@ class ToolEnvironment(Environment):
             documented functions (made into tools with :func:`~turnrl.tools.tool`).
         score: ``score(final_answer, scenario) -> reward`` (sync or async);
             default :func:`exact_answer`.
-        parser: The tool-call format (default :class:`~turnrl.tool_calls.HermesParser`;
-            :func:`~turnrl.tool_calls.parser_for_template` picks the one a
+        parser: The tool-call format (default :class:`~turnrl.tools.calls.HermesParser`;
+            :func:`~turnrl.tools.calls.parser_for_template` picks the one a
             chat template declares).
         max_tool_calls: Tool calls allowed per episode (>= 0).
         tool_timeout_s: Time limit of each call (``None``: none).

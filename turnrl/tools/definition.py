@@ -16,7 +16,7 @@ the schema the model sees is the one a user of transformers would get::
 
     calculator.schema  # {"type": "function", "function": {"name": "calculator", ...}}
 
-:func:`execute` runs one :class:`~turnrl.tool_calls.ToolCall` and never
+:func:`execute` runs one :class:`~turnrl.tools.calls.ToolCall` and never
 raises for the call's own faults: a malformed call, an unknown tool, bad
 arguments, a tool that raises and a tool that runs past its time limit all
 become an error text (``"Error: ..."``) for the agent to read, with
@@ -52,28 +52,15 @@ from typing import Any, NamedTuple, overload
 import anyio
 from transformers.utils import get_json_schema
 
-from turnrl.tool_calls import (
-    CompactParser,
-    HermesParser,
-    JsonParser,
-    ToolCall,
-    ToolCallParser,
-    parser_for_template,
-)
+from turnrl.tools.calls import ToolCall
 
 __all__ = [
-    "CompactParser",
-    "HermesParser",
-    "JsonParser",
     "Tool",
     "ToolArgumentError",
-    "ToolCall",
-    "ToolCallParser",
     "ToolOutcome",
     "ToolSchemaError",
     "execute",
     "format_result",
-    "parser_for_template",
     "tool",
     "tool_schemas",
     "validate_arguments",

@@ -7,14 +7,6 @@ import time
 import anyio
 import pytest
 
-from turnrl.tool_calls import (
-    CompactParser,
-    HermesParser,
-    JsonParser,
-    ToolCall,
-    ToolCallParser,
-    parser_for_template,
-)
 from turnrl.tools import (
     Tool,
     ToolArgumentError,
@@ -23,6 +15,14 @@ from turnrl.tools import (
     format_result,
     tool,
     validate_arguments,
+)
+from turnrl.tools.calls import (
+    CompactParser,
+    HermesParser,
+    JsonParser,
+    ToolCall,
+    ToolCallParser,
+    parser_for_template,
 )
 
 
@@ -317,7 +317,7 @@ def test_format_result():
 
 @pytest.mark.parametrize(
     "module",
-    ["turnrl.tool_calls", "turnrl.tools", "turnrl.environments.tools"],
+    ["turnrl.tools.calls", "turnrl.tools.definition", "turnrl.environments.tool_env"],
 )
 def test_doctests(module):
     results = doctest.testmod(importlib.import_module(module))

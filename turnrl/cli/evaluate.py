@@ -1,134 +1,49 @@
-"""What the CLI does with an experiment or a finished run, as plain functions.
+"""``turnrl eval``: the held-out reward of a run, its final model or a checkpoint.
 
-- :func:`dry_run`: build everything and run one group without updating
-  (``turnrl train --dry-run``);
-- :func:`run_experiment`: warm-start (optional), train, plot (``turnrl train``);
-- :func:`evaluate_run`: held-out reward of a run or checkpoint (``turnrl eval``);
+- :func:`evaluate_run`: evaluate a trained policy on its experiment's held-out scenarios;
 - :func:`find_experiment`: the experiment a run was started from.
-
-Each returns data; printing is the CLI's job.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import structlog
+import anyio
+from transformers.utils import logging as hf_logging
 
-from turnrl.experiment import Experiment, ExperimentConfig, build_experiment
+from turnrl.cli.build import build_experiment
+from turnrl.cli.experiment import ExperimentConfig, load_experiment
+from turnrl.logging import configure_logging
 from turnrl.training.config_files import read_json_object
 from turnrl.training.export import load_policy, resolve_policy_dir
-from turnrl.training.rundir import check_usable, preflight
-
-log = structlog.get_logger(__name__)
 
 
-async def dry_run(experiment: Experiment) -> dict[str, Any]:
-    """Check that an experiment runs, without training: what ``turnrl train --dry-run`` does.
-
-    Checks the environment against the contract, plays one group (the first
-    training scenario, ``num_generations`` episodes), scores it with the reward
-    functions and runs the forward passes of an update (policy, reference and
-    value log-probs) without a backward pass or an optimizer step. Nothing is
-    written to the run directory, but one that is a file or cannot be written
-    is refused, and so is a ``max_new_tokens`` beyond the model's context.
-
-    Returns:
-        ``trajectories`` (the group), ``metrics`` of the group, ``tokens`` in
-        the batch, ``parameters`` of the policy and the ``rollout_s`` /
-        ``forward_s`` timings.
-    """
-    from turnrl.environments.checker import check_env
-    from turnrl.rewards.combine import score_groups
-    from turnrl.training.batch import build_batch
-    from turnrl.training.rollout import collect, rollout_metrics
-    from turnrl.training.trainer import Trainer
-    from turnrl.training.update import score_batch
-
-    check_usable(experiment.config.run.output_dir)
-    await check_env(experiment.env)
-    config = experiment.config.model_copy(deep=True)
-    with tempfile.TemporaryDirectory(prefix="turnrl-dry-run-") as tmp:
-        config.run.output_dir = tmp
-        config.run.save_final = False
-        config.wandb.enabled = False
-        trainer = Trainer(
-            experiment.agent,
-            experiment.env,
-            experiment.rewards or None,
-            config,
-            scenarios=experiment.train_scenarios,
+def command(args: argparse.Namespace) -> int:
+    """``turnrl eval TARGET``: evaluate and print the held-out metrics."""
+    configure_logging(args.log_level)
+    hf_logging.disable_progress_bar()
+    result = anyio.run(
+        lambda: evaluate_run(
+            args.target,
+            config=args.config,
+            num_generations=args.num_generations,
+            greedy=args.greedy,
+            max_scenarios=args.max_scenarios,
+            output_dir=args.output,
         )
-        t0 = time.perf_counter()
-        groups = await collect(
-            trainer.agent,
-            trainer.env,
-            trainer.scenarios[:1],
-            config.rollout.num_generations,
-            seed=config.run.seed,
-            sampling=trainer.sampling,
-        )
-        metrics = await score_groups(groups, trainer.rewards)
-        metrics |= rollout_metrics(groups)
-        t1 = time.perf_counter()
-        ok = [g for g in groups if g.ok]
-        tokens = 0
-        if ok:
-            batch = build_batch(
-                ok, pad_token_id=trainer.agent.tokenizer.pad_token_id, device=trainer.device
-            )
-            score_batch(trainer.policy, trainer.ref_model, trainer.value_model, batch, config)
-            tokens = batch.num_tokens
-        trainer.metrics.close()
-        trainer.close()
-    return {
-        "trajectories": [t for g in groups for t in g.trajectories],
-        "metrics": metrics,
-        "tokens": tokens,
-        "parameters": sum(p.numel() for p in trainer.policy.parameters()),
-        "trainable": sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad),
-        "rollout_s": t1 - t0,
-        "forward_s": time.perf_counter() - t1,
-    }
-
-
-async def run_experiment(
-    experiment: Experiment, *, resume: bool = False, force_resume: bool = False
-) -> dict[str, Any]:
-    """Warm-start (when configured and not resuming), train, and plot the run.
-
-    A resumed run skips the warm-start: its checkpoint holds the warm-started
-    weights and the KL reference.
-
-    Args:
-        experiment: What to train.
-        resume: Continue from the run directory's latest checkpoint.
-        force_resume: Resume even when settings that change training differ
-            from the checkpoint's (see :class:`~turnrl.training.trainer.Trainer`).
-
-    Returns:
-        The trainer's summary plus ``warmstart_s`` and ``run_dir``.
-
-    Raises:
-        RunDirError: The run directory is in use, or holds a run and neither
-            ``resume`` nor ``run.overwrite`` is set (checked before the warm-start).
-        TrainingInterrupted: A SIGINT/SIGTERM stopped training after a checkpoint.
-    """
-    run = experiment.config.run
-    preflight(run.output_dir, resume=resume, overwrite=run.overwrite)
-    t0 = time.perf_counter()
-    if experiment.config.warmstart is not None and not resume:
-        log.info("phase", name="warm-start", steps=experiment.config.warmstart.steps)
-        experiment.warmstart()
-    warmstart_s = time.perf_counter() - t0
-    trainer = experiment.trainer(resume=resume, force_resume=force_resume)
-    summary = await trainer.train()
-    return summary | {"warmstart_s": warmstart_s, "run_dir": str(trainer.run_dir)}
+    )
+    print(f"\n  model      : {result['model']}")
+    print(f"  scenarios  : {result['scenarios']}")
+    for key, value in sorted(result.items()):
+        if key.startswith("eval/") and isinstance(value, int | float):
+            print(f"  {key[5:]:<22}: {value:.4f}")
+    print(f"  samples    : {result['output_dir']}/eval_samples.jsonl")
+    return 0
 
 
 def find_experiment(target: str | Path, config: str | Path | None = None) -> ExperimentConfig:
@@ -142,8 +57,6 @@ def find_experiment(target: str | Path, config: str | Path | None = None) -> Exp
         ValueError: The run was not started from an experiment file (a script
             run) and no ``config`` was given.
     """
-    from turnrl.experiment import load_experiment
-
     if config is not None:
         return load_experiment(config)
     where = resolve_policy_dir(target)

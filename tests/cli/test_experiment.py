@@ -4,8 +4,9 @@ import textwrap
 
 import pytest
 
+from turnrl.cli.build import build_experiment
+from turnrl.cli.experiment import load_experiment
 from turnrl.environments.tasks import ArithmeticEnvironment
-from turnrl.experiment import build_experiment, import_object, load_experiment
 from turnrl.rewards.base import RewardFunction
 from turnrl.types import Scenario
 
@@ -55,14 +56,6 @@ def test_errors_name_the_field_and_the_file(tmp_path):
         load_experiment(path)
     with pytest.raises(ValueError, match="environment"):
         load_experiment(data={"optim": {"lr": 1e-4}})
-
-
-def test_import_object():
-    assert import_object("turnrl.environments.tasks:ArithmeticEnvironment") is ArithmeticEnvironment
-    assert import_object("os.path:join.__name__") == "join"
-    for bad in ("turnrl.environments", "no_such_module:X", "turnrl:NoSuchThing"):
-        with pytest.raises(ValueError, match=r"import path|cannot import|no attribute"):
-            import_object(bad)
 
 
 def test_build_from_a_factory_with_a_held_out_split(tiny_agent):

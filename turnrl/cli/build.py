@@ -1,0 +1,285 @@
+"""An experiment's parts, built from its config: the model, environment, scenarios and rewards.
+
+:func:`build_experiment` turns an :class:`~turnrl.cli.experiment.ExperimentConfig`
+into an :class:`Experiment`, resolving every ``package.module:Name`` with
+:func:`turnrl.imports.import_object`. How each section is read:
+
+* The environment is built as ``target(scenarios=train, **args)`` when the file
+  has a ``scenarios`` section, else as ``target(**args)`` and trained on its own
+  ``scenarios``; every built-in environment takes ``scenarios`` that way.
+* A scenario source is a local file (see :func:`turnrl.scenarios.load_scenarios`)
+  or a factory ``{target, args}`` returning scenarios (for generated tasks).
+* A reward entry is used as it is when it names a reward function object
+  (``@reward_function``-decorated); it is called with ``args`` when ``args`` is
+  given or it takes no required argument (the built-in factories); otherwise it
+  is a plain ``(trajectory) -> float`` function.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from turnrl.agents.engine import SamplingParams
+from turnrl.agents.tiny import tiny_model_path
+from turnrl.agents.transformers import TransformersAgent
+from turnrl.cli.experiment import (
+    ExperimentConfig,
+    ObjectSpec,
+    RewardSpec,
+    ScenarioSpec,
+    WarmstartSpec,
+)
+from turnrl.environments.base import Environment
+from turnrl.imports import import_object
+from turnrl.rewards.base import RewardFunction, as_reward_function
+from turnrl.scenarios import load_scenarios, split_scenarios
+from turnrl.training.config import TrainingConfig
+from turnrl.types import Message, Scenario
+
+__all__ = ["Experiment", "build_experiment", "build_scenarios", "load_agent"]
+
+
+class Experiment:
+    """The parts an experiment file describes, built and ready to train.
+
+    Attributes:
+        config: The experiment config.
+        agent: The policy.
+        env: The environment (holding the training scenarios).
+        rewards: ``{reward function: weight}`` (empty: environment rewards only).
+        train_scenarios: Scenarios to train on.
+        eval_scenarios: Held-out scenarios (may be empty).
+        demonstrations: Warm-start conversations (empty without ``warmstart``).
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        agent: TransformersAgent,
+        env: Environment,
+        rewards: dict[RewardFunction, float],
+        train_scenarios: list[Scenario],
+        eval_scenarios: list[Scenario],
+        demonstrations: list[list[Message]],
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        self.env = env
+        self.rewards = rewards
+        self.train_scenarios = train_scenarios
+        self.eval_scenarios = eval_scenarios
+        self.demonstrations = demonstrations
+
+    def trainer(self, **kwargs: Any) -> Any:
+        """A :class:`~turnrl.training.trainer.Trainer` over these parts."""
+        from turnrl.training.trainer import Trainer
+
+        return Trainer(
+            self.agent,
+            self.env,
+            self.rewards or None,
+            self.config,
+            scenarios=self.train_scenarios,
+            eval_scenarios=self.eval_scenarios,
+            **kwargs,
+        )
+
+    def warmstart(self) -> list[float]:
+        """Run the supervised warm-start, if configured; returns its losses."""
+        spec = self.config.warmstart
+        if spec is None:
+            return []
+        from turnrl.training.sft import supervised_warmstart
+
+        return supervised_warmstart(
+            self.agent,
+            self.demonstrations,
+            steps=spec.steps,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            seed=self.config.run.seed,
+            train_on=spec.train_on,
+        )
+
+
+def build_experiment(
+    config: ExperimentConfig, *, agent: TransformersAgent | None = None
+) -> Experiment:
+    """Load the model and build the environment, scenarios and rewards.
+
+    Args:
+        config: The experiment.
+        agent: A policy to use instead of loading ``config.model.path``.
+
+    Raises:
+        ValueError: An import path that does not resolve, an object that is
+            not what its section needs, or scenarios that cannot be loaded.
+        FileNotFoundError: The model path or a data file does not exist.
+    """
+    train, held_out = build_scenarios(config.scenarios)
+    env_kwargs = dict(config.environment.args or {})
+    if config.scenarios is not None:
+        env_kwargs["scenarios"] = train
+    try:
+        env = _call(config.environment, "environment", **env_kwargs)
+    except ValueError as e:
+        if "scenarios" in str(e) and "scenarios" in env_kwargs:
+            raise ValueError(
+                f"{e} (with a `scenarios` section the environment is built with scenarios=[...]; "
+                "remove the section to use the environment's own scenarios)"
+            ) from None
+        raise
+    if not isinstance(env, Environment):
+        raise ValueError(
+            f"environment: {config.environment.target!r} built a {type(env).__name__}, "
+            "not a turnrl Environment"
+        )
+    if config.scenarios is None:
+        train = list(getattr(env, "scenarios", ()))
+    rewards = {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
+    demos = _demonstrations(config.warmstart, train) if config.warmstart else []
+    if agent is None:
+        agent = load_agent(config)
+    return Experiment(config, agent, env, rewards, train, held_out, demos)
+
+
+def load_agent(config: TrainingConfig) -> TransformersAgent:
+    """The policy named by ``config.model`` (the embedded tiny model when ``path`` is None)."""
+    path = config.model.path if config.model.path is not None else tiny_model_path()
+    return TransformersAgent.from_pretrained(
+        path,
+        dtype=config.model.dtype,
+        sampling=SamplingParams(
+            config.generation.max_new_tokens, config.generation.temperature, config.generation.top_p
+        ),
+    )
+
+
+def _call(spec: ObjectSpec, section: str, *args: Any, **kwargs: Any) -> Any:
+    obj = _import(spec, section)
+    if not callable(obj):
+        raise ValueError(f"{section}: {spec.target!r} is not callable")
+    try:
+        return obj(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{section}: {spec.target}(...) failed: {e}") from e
+
+
+def _import(spec: ObjectSpec, section: str) -> Any:
+    try:
+        return import_object(spec.target)
+    except ValueError as e:
+        raise ValueError(f"{section}: {e}") from None
+
+
+def build_scenarios(spec: ScenarioSpec | None) -> tuple[list[Scenario], list[Scenario]]:
+    """``(train, held_out)`` from the ``scenarios`` section (both empty without one).
+
+    Raises:
+        ValueError: A source cannot be loaded, both ``eval`` and a split are
+            given, the split is impossible, or no training scenario is left.
+    """
+    if spec is None:
+        return [], []
+    train = _load_source(spec.train, spec.options, "scenarios.train")
+    held_out = [] if spec.eval is None else _load_source(spec.eval, spec.options, "scenarios.eval")
+    if spec.eval_fraction is not None or spec.eval_size is not None:
+        if spec.eval is not None:
+            raise ValueError("scenarios: give either eval or eval_fraction/eval_size, not both")
+        if spec.split_seed is None:
+            train, held_out = _split_first(train, spec.eval_fraction, spec.eval_size)
+        else:
+            train, held_out = split_scenarios(
+                train,
+                eval_fraction=spec.eval_fraction,
+                eval_size=spec.eval_size,
+                seed=spec.split_seed,
+            )
+    if not train:
+        raise ValueError("scenarios.train: no scenarios")
+    return train, held_out
+
+
+def _split_first(
+    scenarios: list[Scenario], eval_fraction: float | None, eval_size: int | None
+) -> tuple[list[Scenario], list[Scenario]]:
+    """``(train, held_out)`` holding out the first scenarios (``split_seed: null``)."""
+    size = eval_size if eval_size is not None else round(len(scenarios) * (eval_fraction or 0))
+    if not 1 <= size < len(scenarios):
+        raise ValueError(
+            f"scenarios: cannot hold out {size} of {len(scenarios)} scenarios; give an "
+            "eval_size or eval_fraction that leaves at least one on each side"
+        )
+    return scenarios[size:], scenarios[:size]
+
+
+def _load_source(source: str | ObjectSpec, options: dict[str, Any], where: str) -> list[Scenario]:
+    if isinstance(source, str):
+        return load_scenarios(source, **options)
+    loaded = _call(source, where, **(source.args or {}))
+    try:
+        return load_scenarios(loaded)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {source.target} did not return scenarios: {e}") from None
+
+
+def _reward(spec: RewardSpec, index: int) -> RewardFunction:
+    where = f"rewards[{index}]"
+    obj = _import(spec, where)
+    if isinstance(obj, RewardFunction) and not inspect.isfunction(obj):
+        if spec.args:
+            raise ValueError(f"{where}: {spec.target!r} is a reward function; it takes no args")
+        return obj
+    if not callable(obj):
+        raise ValueError(f"{where}: {spec.target!r} is not callable")
+    if spec.args is not None or not _required_params(obj):
+        made = _call(spec, where, **(spec.args or {}))
+        if not callable(made):
+            kind = type(made).__name__
+            raise ValueError(f"{where}: {spec.target}(...) returned a {kind}, not a function")
+        return as_reward_function(made)
+    return as_reward_function(obj)
+
+
+def _required_params(fn: Any) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    return sum(
+        p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        for p in params
+    )
+
+
+def _demonstrations(spec: WarmstartSpec, train: list[Scenario]) -> list[list[Message]]:
+    if isinstance(spec.demonstrations, ObjectSpec):
+        made = _call(
+            spec.demonstrations,
+            "warmstart.demonstrations",
+            train,
+            **(spec.demonstrations.args or {}),
+        )
+        return [[Message.model_validate(m) for m in conv] for conv in made]
+    path = Path(spec.demonstrations)
+    if not path.is_file():
+        raise FileNotFoundError(f"warmstart.demonstrations: no file {path}")
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            out.append([Message.model_validate(m) for m in record["messages"]])
+        except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as e:
+            raise ValueError(
+                f'{path}:{number}: expected {{"messages": [{{role, content}}, ...]}} ({e})'
+            ) from None
+    if not out:
+        raise ValueError(f"{path}: no demonstrations")
+    return out

@@ -1,0 +1,226 @@
+"""Experiment files: what ``turnrl train`` and ``turnrl eval`` read.
+
+An experiment file is a training config (the sections of
+:class:`~turnrl.training.config.TrainingConfig`) plus what a script would
+otherwise build by hand: the environment, the scenarios, the reward functions
+and an optional supervised warm-start::
+
+    profile: balanced
+    environment:
+      target: turnrl.environments.tasks:ArithmeticEnvironment
+      args: {max_attempts: 3}
+    scenarios:
+      train: examples/data/arithmetic_sample.jsonl
+      eval_fraction: 0.2
+    rewards:
+      - target: turnrl.rewards:regex_format
+        args: {pattern: '\\s*-?\\d+\\s*'}
+        weight: 0.0
+    optim: {lr: 2.0e-4}
+    run: {max_steps: 50, output_dir: runs/arithmetic}
+
+Choices, and why:
+
+* Objects are named by import path, ``package.module:Name``, with ``args``
+  passed as keywords (Hydra's ``_target_`` idea without Hydra): any class or
+  function a user can import can be named, and nothing is registered at import
+  time.
+* How the environment, scenarios and rewards are built from their sections:
+  :mod:`turnrl.cli.build`.
+* Precedence: the profile (``--profile``, else the file's ``profile``, else
+  ``balanced``), then the file, then each ``--set a.b=value`` in order; a
+  ``--set`` value is parsed as YAML, so ``--set optim.lr=3e-4`` is a float.
+* A key repeated in the file, or given twice with ``--set``, is an error naming
+  it (YAML and JSON parsers would keep the last one silently), and so is an
+  ``algorithm.estimator`` path that does not give an estimator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from turnrl.training.config import (
+    PROFILES,
+    ProfileName,
+    TrainingConfig,
+    _deep_merge,
+    _describe,
+    _Section,
+)
+from turnrl.training.config_files import parse_yaml, read_config_file
+from turnrl.training.estimators import check_estimator
+
+__all__ = [
+    "ExperimentConfig",
+    "ObjectSpec",
+    "RewardSpec",
+    "ScenarioSpec",
+    "WarmstartSpec",
+    "load_experiment",
+]
+
+
+class ObjectSpec(_Section):
+    """An object named by import path, with keyword arguments."""
+
+    target: str = Field(description="Import path 'package.module:Name'.")
+    args: dict[str, Any] | None = Field(
+        None, description="Keyword arguments (None: use the object as it is, if it can be)."
+    )
+
+
+class RewardSpec(ObjectSpec):
+    """One reward component."""
+
+    weight: float = Field(1.0, description="Weight in the total reward (0: logged only).")
+
+
+class ScenarioSpec(_Section):
+    """Where the training and evaluation scenarios come from."""
+
+    train: str | ObjectSpec = Field(
+        description="A local file (JSONL, JSON, parquet, CSV, save_to_disk directory) or a "
+        "factory {target, args} returning scenarios."
+    )
+    eval: str | ObjectSpec | None = Field(
+        None, description="Held-out scenarios, the same forms as train; or use eval_fraction."
+    )
+    eval_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Hold out this fraction of train for evaluation."
+    )
+    eval_size: int | None = Field(
+        None, ge=1, description="Hold out this many train scenarios for evaluation."
+    )
+    split_seed: int | None = Field(
+        0,
+        description="Seed of the held-out split (None: hold out the first eval_size, for a "
+        "source that is shuffled already).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options of load_scenarios for files (prompt_field, system, ...).",
+    )
+
+
+class WarmstartSpec(_Section):
+    """Supervised steps on demonstrations before RL."""
+
+    demonstrations: str | ObjectSpec = Field(
+        description="A JSONL file with a 'messages' list per line, or a factory called as "
+        "target(train_scenarios, **args) returning conversations (lists of messages)."
+    )
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(32, ge=1, description="Conversations per step.")
+    train_on: Literal["all", "last"] = Field(
+        "all", description="Train on all assistant turns or only the last of each."
+    )
+
+
+class ExperimentConfig(TrainingConfig):
+    """A training config plus the parts ``turnrl train`` builds from it."""
+
+    profile: ProfileName = Field("balanced", description="The profile the settings start from.")
+    environment: ObjectSpec = Field(description="The environment class (or factory) and args.")
+    scenarios: ScenarioSpec | None = Field(
+        None, description="Scenario sources (None: the environment's own scenarios)."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="Reward components (empty: environment rewards only)."
+    )
+    warmstart: WarmstartSpec | None = Field(None, description="Optional supervised warm-start.")
+
+    def training_config(self) -> TrainingConfig:
+        """The training settings alone."""
+        fields = TrainingConfig.model_fields
+        return TrainingConfig.model_validate(
+            {k: v for k, v in self.model_dump().items() if k in fields}
+        )
+
+
+def load_experiment(
+    path: str | Path | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+    profile: str | None = None,
+    overrides: Sequence[str] = (),
+) -> ExperimentConfig:
+    """Read an experiment file (YAML or JSON) and apply a profile and overrides.
+
+    Args:
+        path: The file; or None with ``data``.
+        data: The already-parsed mapping (instead of ``path``).
+        profile: Profile overriding the file's ``profile`` key.
+        overrides: ``"a.b=value"`` strings, values parsed as YAML.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: Not a mapping, a key repeated in the file or in
+            ``overrides``, an unknown profile, a malformed override, settings
+            that fail validation (each bad field named), or an
+            ``algorithm.estimator`` that does not give an estimator.
+    """
+    source = str(path) if path is not None else "experiment"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment file not found: {path}")
+        data = read_config_file(path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, patch = _parse_override(item)
+        if key in given:
+            raise ValueError(
+                f"--set {key} is given twice ({given[key]!r} and {item!r}); give it once"
+            )
+        given[key] = item
+        data = _deep_merge(data, patch)
+    name = profile or data.get("profile") or "balanced"
+    if name not in PROFILES:
+        raise ValueError(f"{source}: unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    merged = _deep_merge(_deep_merge({}, PROFILES[name]), {**data, "profile": name})
+    try:
+        config = ExperimentConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ValueError(f"invalid {source}:\n{_describe(e)}") from None
+    check_estimator(config.algorithm, source=source)
+    return config
+
+
+def _parse_override(item: str) -> tuple[str, dict[str, Any]]:
+    """``"a.b=value"`` -> ``("a.b", {"a": {"b": value}})``, the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(
+            f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=3e-4"
+        )
+    try:
+        value = parse_yaml(raw, f"--set {item!r}") if raw.strip() else ""
+    except ValueError as e:
+        raise ValueError(f"{e} (the value is parsed as YAML)") from None
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads "3e-4" as a string
+    patch: Any = value
+    for part in reversed(key.split(".")):
+        patch = {part: patch}
+    return key, patch
+
+
+def _looks_like_float(text: str) -> bool:
+    """A number YAML 1.1 left as a string ("3e-4"); not "inf" or "nan", which stay words."""
+    try:
+        number = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(number)

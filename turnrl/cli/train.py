@@ -1,0 +1,216 @@
+"""``turnrl train``: run an experiment file, or check it with ``--dry-run``.
+
+- :func:`run_experiment`: warm-start (optional), train, plot;
+- :func:`dry_run`: build everything and run one group without updating.
+
+Each returns data; :func:`command` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+import anyio
+import structlog
+from transformers.utils import logging as hf_logging
+
+from turnrl.cli.build import Experiment, build_experiment
+from turnrl.cli.experiment import load_experiment
+from turnrl.environments.checker import check_env
+from turnrl.logging import configure_logging
+from turnrl.rewards.combine import score_groups
+from turnrl.training.rollout import rollout_metrics
+from turnrl.training.rundir import check_usable, preflight
+from turnrl.training.trainer import Trainer, TrainingInterrupted
+
+log = structlog.get_logger(__name__)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``turnrl train EXPERIMENT``: train (or ``--dry-run``) and print where the run is."""
+    configure_logging(args.log_level)
+    hf_logging.disable_progress_bar()
+    overrides = [*(args.set or ()), *(["run.overwrite=true"] if args.overwrite else [])]
+    config = load_experiment(args.config, profile=args.profile, overrides=overrides)
+    experiment = build_experiment(config)
+    if args.dry_run:
+        result = anyio.run(dry_run, experiment)
+        _print_dry_run(experiment, result)
+        return 0
+    try:
+        result = anyio.run(
+            lambda: run_experiment(experiment, resume=args.resume, force_resume=args.force_resume)
+        )
+    except TrainingInterrupted as stop:
+        print(
+            f"turnrl train: stopped by {signal.Signals(stop.signum).name} after step {stop.step}, "
+            f"checkpoint {stop.checkpoint}; resume with: {_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    print()
+    for key, label in (("eval_before", "held-out reward before"), ("eval_after", "after")):
+        if result[key] is not None:
+            print(f"  {label:<24}: {result[key]:.3f}")
+    print(f"  {'steps':<24}: {result['steps']}")
+    print(f"  {'wall time':<24}: {result['wall_s'] + result['warmstart_s']:.0f} s")
+    print(f"  {'run directory':<24}: {result['run_dir']}")
+    return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``turnrl train`` command line that continues this run."""
+    words = ["turnrl", "train", args.config]
+    if args.profile:
+        words += ["--profile", args.profile]
+    for item in args.set or ():
+        words += ["--set", item]
+    return shlex.join([*words, "--resume"])
+
+
+def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
+    cfg = experiment.config
+    metrics = result["metrics"]
+    rewards = ", ".join(f"{fn.name} x{w:g}" for fn, w in experiment.rewards.items()) or "none"
+    lines = [
+        ("model", cfg.model.path or "embedded tiny model"),
+        ("parameters", f"{result['parameters']:,} ({result['trainable']:,} trainable)"),
+        ("environment", cfg.environment.target),
+        (
+            "scenarios",
+            f"{len(experiment.train_scenarios)} train, {len(experiment.eval_scenarios)} held out",
+        ),
+        ("rewards", f"environment + {rewards}" if experiment.rewards else "environment"),
+        (
+            "estimator",
+            f"{cfg.algorithm.estimator} (beta {cfg.algorithm.beta:g}, "
+            f"lr {cfg.optim.lr:g}, profile {cfg.profile})",
+        ),
+        (
+            "would run",
+            f"{cfg.run.max_steps} steps x {cfg.rollout.scenarios_per_step} scenarios "
+            f"x {cfg.rollout.num_generations} generations -> {cfg.run.output_dir}",
+        ),
+        (
+            "warm-start",
+            f"{cfg.warmstart.steps} steps on {len(experiment.demonstrations)} demonstrations"
+            if cfg.warmstart
+            else "none",
+        ),
+        (
+            "one group",
+            f"{len(result['trajectories'])} episodes, reward "
+            f"{_fmt(metrics.get('rollout/reward_mean'))}, failed "
+            f"{_fmt(metrics.get('rollout/failed'))}, {result['tokens']} trained tokens",
+        ),
+        (
+            "timing",
+            f"rollout {result['rollout_s']:.2f} s, forward passes {result['forward_s']:.2f} s",
+        ),
+    ]
+    print("dry run: the experiment builds and runs; nothing was trained or written\n")
+    for key, value in lines:
+        print(f"  {key:<12} {value}")
+    sample = result["trajectories"][0]
+    print("\n  first episode:")
+    for message in sample.conversation:
+        print(f"    {message.role:>9}: {message.content!r}")
+    if sample.error:
+        print(f"    error: {sample.error}")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+async def dry_run(experiment: Experiment) -> dict[str, Any]:
+    """Check that an experiment runs, without training: what ``turnrl train --dry-run`` does.
+
+    Checks the environment against the contract, plays one group (the first
+    training scenario, ``num_generations`` episodes), scores it with the reward
+    functions and runs the forward passes of an update (policy, reference and
+    value log-probs) without a backward pass or an optimizer step. Nothing is
+    written to the run directory, but one that is a file or cannot be written
+    is refused, and so is a ``max_new_tokens`` beyond the model's context.
+
+    Returns:
+        ``trajectories`` (the group), ``metrics`` of the group, ``tokens`` in
+        the batch, ``parameters`` of the policy and the ``rollout_s`` /
+        ``forward_s`` timings.
+    """
+    check_usable(experiment.config.run.output_dir)
+    await check_env(experiment.env)
+    config = experiment.config.model_copy(deep=True)
+    config.rollout.scenarios_per_step = 1
+    with tempfile.TemporaryDirectory(prefix="turnrl-dry-run-") as tmp:
+        config.run.output_dir = tmp
+        config.run.save_final = False
+        config.run.progress = False
+        config.wandb.enabled = False
+        scenarios = experiment.train_scenarios[:1]
+        trainer = Trainer(
+            experiment.agent,
+            experiment.env,
+            experiment.rewards or None,
+            config,
+            scenarios=scenarios,
+        )
+        try:
+            t0 = time.perf_counter()
+            groups = await trainer.collect_groups()
+            metrics = await score_groups(groups, trainer.rewards) | rollout_metrics(groups)
+            t1 = time.perf_counter()
+            ok = [g for g in groups if g.ok]
+            tokens = trainer.prepare_batch(ok).num_tokens if ok else 0
+        finally:
+            trainer.metrics.close()
+            trainer.close()
+    return {
+        "trajectories": [t for g in groups for t in g.trajectories],
+        "metrics": metrics,
+        "tokens": tokens,
+        "parameters": sum(p.numel() for p in trainer.policy.parameters()),
+        "trainable": sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad),
+        "rollout_s": t1 - t0,
+        "forward_s": time.perf_counter() - t1,
+    }
+
+
+async def run_experiment(
+    experiment: Experiment, *, resume: bool = False, force_resume: bool = False
+) -> dict[str, Any]:
+    """Warm-start (when configured and not resuming), train, and plot the run.
+
+    A resumed run skips the warm-start: its checkpoint holds the warm-started
+    weights and the KL reference.
+
+    Args:
+        experiment: What to train.
+        resume: Continue from the run directory's latest checkpoint.
+        force_resume: Resume even when settings that change training differ
+            from the checkpoint's (see :class:`~turnrl.training.trainer.Trainer`).
+
+    Returns:
+        The trainer's summary plus ``warmstart_s`` and ``run_dir``.
+
+    Raises:
+        RunDirError: The run directory is in use, or holds a run and neither
+            ``resume`` nor ``run.overwrite`` is set (checked before the warm-start).
+        TrainingInterrupted: A SIGINT/SIGTERM stopped training after a checkpoint.
+    """
+    run = experiment.config.run
+    preflight(run.output_dir, resume=resume, overwrite=run.overwrite)
+    t0 = time.perf_counter()
+    if experiment.config.warmstart is not None and not resume:
+        log.info("phase", name="warm-start", steps=experiment.config.warmstart.steps)
+        experiment.warmstart()
+    warmstart_s = time.perf_counter() - t0
+    trainer = experiment.trainer(resume=resume, force_resume=force_resume)
+    summary = await trainer.train()
+    return summary | {"warmstart_s": warmstart_s, "run_dir": str(trainer.run_dir)}
