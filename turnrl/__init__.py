@@ -1,6 +1,6 @@
 """turnrl: reinforcement learning for multi-turn language-model agents.
 
-The public API; see README.md for a tour and ../DESIGN.md for the map.
+The public API; see README.md for a tour and docs/design.md for the map.
 """
 
 from turnrl.agents.base import Agent
