@@ -156,6 +156,35 @@ class MetricsLogger:
             self.wandb_run = None
 
 
+class NullMetrics:
+    """The metrics sink of ranks other than 0 under torchrun: they do not write."""
+
+    def log(self, step: int, metrics: dict[str, Any], *, echo: bool = True) -> None:
+        """Drop the record."""
+
+    def log_samples(self, step: int, trajectories: Sequence[Trajectory], *, table: str) -> None:
+        """Drop the samples."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def init_wandb(settings: Any, run_dir: Path, config: dict[str, Any]) -> Any:
+    """A wandb run for ``settings`` (a ``WandbConfig``), or None when it is disabled."""
+    if not settings.enabled:
+        return None
+    import wandb
+
+    return wandb.init(
+        project=settings.project,
+        name=settings.name,
+        tags=settings.tags,
+        mode=settings.mode,
+        dir=str(run_dir),
+        config=config,
+    )
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl``, in step order.
 

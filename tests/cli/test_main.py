@@ -285,7 +285,7 @@ def test_grouped_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, 
     except ImportError:  # Python 3.10: the backport anyio depends on
         from exceptiongroup import ExceptionGroup
 
-    from turnrl.training.trainer import RolloutFailureError
+    from turnrl.training.errors import RolloutFailureError
 
     monkeypatch.chdir(ROOT)
 

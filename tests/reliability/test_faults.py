@@ -10,9 +10,10 @@ from turnrl.environments.base import Environment, StepResult, scenario_from_opti
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.rewards import reward_function
 from turnrl.training.advantages import per_token
-from turnrl.training.checkpoint import CheckpointError, save_checkpoint
+from turnrl.training.checkpoint import CheckpointError
 from turnrl.training.config import TrainingConfig
-from turnrl.training.trainer import NonFiniteError, RolloutFailureError, Trainer
+from turnrl.training.errors import NonFiniteError, RolloutFailureError
+from turnrl.training.trainer import Trainer
 
 
 class Flaky(Environment):
@@ -136,7 +137,7 @@ def test_no_checkpoint_holds_nan_weights(agent, tmp_path):
     with torch.no_grad():
         next(agent.model.parameters()).view(-1)[0] = float("nan")
     with pytest.raises(CheckpointError, match="non-finite weights"):
-        save_checkpoint(trainer)
+        trainer.save_checkpoint()
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()
     )

@@ -96,6 +96,6 @@ def _load_step(checkpoint, probe_dir):
         update={"run": config.run.model_copy(update={"output_dir": str(probe_dir)})}
     )
     trainer = Trainer(agent, ArithmeticEnvironment(make_scenarios(n=8)), None, config)
-    step = load_checkpoint(trainer, checkpoint)
+    step = load_checkpoint(checkpoint, trainer.models, trainer.optim)["step"]
     assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
     return step

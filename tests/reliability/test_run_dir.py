@@ -15,7 +15,8 @@ from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.training.checkpoint import list_checkpoints
 from turnrl.training.config import TrainingConfig
 from turnrl.training.rundir import LOCK_NAME, RunDirError
-from turnrl.training.trainer import ResumeConfigError, Trainer
+from turnrl.training.errors import ResumeConfigError
+from turnrl.training.trainer import Trainer
 
 
 def make(tiny_path, run_dir, *, optim=None, **run):

@@ -127,7 +127,7 @@ def make_trainer(tiny_path, run_dir, **kwargs):
 @pytest.mark.anyio
 async def test_the_step_in_flight_completes_and_the_resume_is_exact(tiny_path, tmp_path):
     from turnrl.logging import read_metrics
-    from turnrl.training.trainer import TrainingInterrupted
+    from turnrl.training.errors import TrainingInterrupted
 
     await make_trainer(tiny_path, tmp_path / "straight").train()
 

@@ -214,7 +214,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from turnrl.environments.checker import EnvContractError  # torch is imported by now
     from turnrl.training.checkpoint import CheckpointError
     from turnrl.training.rundir import RunDirError
-    from turnrl.training.trainer import NonFiniteError, RolloutFailureError
+    from turnrl.training.errors import NonFiniteError, RolloutFailureError
 
     return (
         ValueError,

@@ -27,7 +27,8 @@ from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.rollout import rollout_metrics
 from turnrl.training.rundir import check_usable, preflight
-from turnrl.training.trainer import Trainer, TrainingInterrupted
+from turnrl.training.errors import TrainingInterrupted
+from turnrl.training.trainer import Trainer
 
 log = structlog.get_logger(__name__)
 

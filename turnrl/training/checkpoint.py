@@ -47,7 +47,8 @@ from safetensors.torch import load_model, save_model
 from turnrl.training.config_files import read_json_object
 
 if TYPE_CHECKING:
-    from turnrl.training.trainer import Trainer
+    from turnrl.training.config import TrainingConfig
+    from turnrl.training.models import TrainingModels
     from turnrl.training.update import Optimization
 
 log = structlog.get_logger(__name__)
@@ -86,23 +87,43 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
-    """Write the trainer's state as ``checkpoints/step-NNNNNN``; keep the newest ``keep``."""
-    bad = [n for n, p in trainer.policy.named_parameters() if not torch.isfinite(p).all()]
+def save_checkpoint(
+    run_dir: str | Path,
+    models: TrainingModels,
+    optim: Optimization,
+    config: TrainingConfig,
+    state: dict[str, Any],
+    *,
+    keep: int = 2,
+    reference_file: Path | None = None,
+) -> Path:
+    """Write a run's state as ``checkpoints/step-NNNNNN``; keep the newest ``keep``.
+
+    Args:
+        run_dir: The run directory.
+        models: The policy, critic and reference to save.
+        optim: Optimizer, schedule and scaler.
+        config: The configuration in force (saved beside the weights).
+        state: The trainer's own state (:meth:`Trainer.state_dict`: ``step``,
+            ``order``, ``order_rng``).
+        keep: How many checkpoints to keep.
+        reference_file: The run's previously saved reference weights, hard-linked
+            instead of written again (the reference never changes).
+    """
+    bad = [n for n, p in models.policy.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise CheckpointError(f"refusing to save non-finite weights (first: {bad[0]})")
-    root = checkpoint_dir(trainer.run_dir)
+    root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{trainer.step_count:06d}"
+    final = root / f"{PREFIX}{state['step']:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        save_model(trainer.policy, str(tmp / "model.safetensors"))
-        if trainer.value_model is not None:
-            trainer.value_model.save(tmp)
-        reference = reference_copy(trainer)
+        save_model(models.policy, str(tmp / "model.safetensors"))
+        if models.value_model is not None:
+            models.value_model.save(tmp)
+        reference = reference_copy(models)
         if reference is not None:
-            _save_reference(trainer, reference, tmp / REFERENCE)
-        optim = trainer.optim
+            _save_reference(reference, tmp / REFERENCE, reference_file)
         torch.save(
             {
                 "optimizer": optim.optimizer.state_dict(),
@@ -112,18 +133,14 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
             tmp / "optimizer.pt",
         )
         torch.save(_rng_state(), tmp / "rng.pt")
-        state = {
-            "step": trainer.step_count,
-            "order": trainer._order,
-            "order_rng": _python_state(trainer._rng.getstate()),
-        }
+        state = state | {"order_rng": _python_state(state["order_rng"])}
         (tmp / "trainer.json").write_text(json.dumps(state), encoding="utf-8")
-        trainer.config.save(tmp / "config.json")
+        config.save(tmp / "config.json")
         _fsync_tree(tmp)
         if keep >= 2:
             # Make room before the new one appears, so a kill at any moment leaves at most
             # `keep` checkpoints, the newest complete one among them.
-            for old in [c for c in list_checkpoints(trainer.run_dir) if c != final][: 1 - keep]:
+            for old in [c for c in list_checkpoints(run_dir) if c != final][: 1 - keep]:
                 shutil.rmtree(old, ignore_errors=True)
         if final.exists():  # the same step saved again: replace it
             shutil.rmtree(final)
@@ -131,35 +148,38 @@ def save_checkpoint(trainer: Trainer, *, keep: int = 2) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if reference is not None:
-        trainer._reference_file = final / REFERENCE
-    for old in list_checkpoints(trainer.run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
-    """Restore ``trainer`` from a checkpoint directory; returns the step it was written at.
+def load_checkpoint(
+    path: str | Path, models: TrainingModels, optim: Optimization
+) -> dict[str, Any]:
+    """Restore the models, optimizer and random generators from a checkpoint directory.
 
     Restores the policy, the critic, the KL reference (when the checkpoint holds
-    one), the optimizer, the random generators and the scenario order.
+    one), the optimizer and the python/numpy/torch generators.
+
+    Returns:
+        The trainer's state (``step``, ``order``, ``order_rng``; see
+        :func:`read_trainer_state`), for :meth:`Trainer.load_state_dict`.
 
     Raises:
         CheckpointError: A file is missing or unreadable, or the weights do not
-            fit the trainer's model.
+            fit the models.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
     info = read_trainer_state(path)
-    _load_weights(trainer.policy, path / "model.safetensors")
-    if trainer.value_model is not None:
-        _load_weights(trainer.value_model, path / "value_model.safetensors")
-    reference = reference_copy(trainer)
+    _load_weights(models.policy, path / "model.safetensors")
+    if models.value_model is not None:
+        _load_weights(models.value_model, path / "value_model.safetensors")
+    reference = reference_copy(models)
     if reference is not None:
         if (path / REFERENCE).is_file():
             _load_weights(reference, path / REFERENCE)
-            trainer._reference_file = path / REFERENCE
         else:  # written before checkpoints held the reference
             log.warning(
                 "reference_not_in_checkpoint",
@@ -168,9 +188,9 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
             )
     optim_state = _load(path / "optimizer.pt")
     try:
-        trainer.optim.optimizer.load_state_dict(optim_state["optimizer"])
-        trainer.optim.scheduler.load_state_dict(optim_state["scheduler"])
-        trainer.optim.scaler.load_state_dict(optim_state["scaler"])
+        optim.optimizer.load_state_dict(optim_state["optimizer"])
+        optim.scheduler.load_state_dict(optim_state["scheduler"])
+        optim.scaler.load_state_dict(optim_state["scaler"])
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path / 'optimizer.pt'} does not fit the optimizer: {e}") from None
     rng_file = path / "rng.pt"
@@ -178,10 +198,7 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> int:
         _set_rng_state(_load(rng_file))
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{rng_file}: not a generator state ({e})") from None
-    trainer.step_count = info["step"]
-    trainer._order = info["order"]
-    trainer._rng.setstate(info["order_rng"])
-    return trainer.step_count
+    return info
 
 
 def apply_optim_settings(optim: Optimization, fresh: Optimization) -> None:
@@ -244,15 +261,20 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     return read_json_object(file, CheckpointError)
 
 
-def reference_copy(trainer: Trainer) -> torch.nn.Module | None:
-    """The trainer's KL reference when it is a model of its own (not LoRA's base), else None."""
-    reference = getattr(trainer, "ref_model", None)
+def reference_copy(models: TrainingModels) -> torch.nn.Module | None:
+    """The KL reference when it is a model of its own (not LoRA's base), else None."""
+    reference = models.reference
     return reference if isinstance(reference, torch.nn.Module) else None
 
 
-def _save_reference(trainer: Trainer, reference: torch.nn.Module, file: Path) -> None:
+def saved_reference(checkpoint: str | Path, models: TrainingModels) -> Path | None:
+    """The reference weights file of ``checkpoint`` when the run keeps a reference copy."""
+    file = Path(checkpoint) / REFERENCE
+    return file if reference_copy(models) is not None and file.is_file() else None
+
+
+def _save_reference(reference: torch.nn.Module, file: Path, previous: Path | None) -> None:
     """Write the reference, or hard-link the run's previous copy: it never changes."""
-    previous = getattr(trainer, "_reference_file", None)
     if previous is not None and Path(previous).is_file():
         try:
             os.link(previous, file)

@@ -4,23 +4,24 @@
 reference model and the run directory; ``await trainer.train()`` runs
 ``config.run.max_steps`` steps with evaluation on held-out scenarios before,
 every ``config.eval.every`` steps, and after training. Each step's numbers go
-to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``. The
-trainer reaches generation only through the agent's
-:class:`~turnrl.agents.inference.InferenceEngine`, which it syncs after each
-update (:meth:`Trainer._sync_weights`). A
-first SIGINT/SIGTERM lets the current step finish, writes a checkpoint and
-raises :class:`TrainingInterrupted` (see :mod:`.signals`, :mod:`.rundir`).
+to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``.
+
+Where each step of :meth:`Trainer.step` lives: collect in :mod:`.rollout`,
+score in :mod:`turnrl.rewards` (and :mod:`.groups`, which groups are kept),
+build and the no-gradient forward passes in :mod:`.batch` and
+:mod:`.scoring`, estimate in :mod:`.estimate`, update in :mod:`.update`, sync
+through the agent's :class:`~turnrl.agents.inference.InferenceEngine`, log in
+:mod:`turnrl.logging`. The models come from :mod:`.models`, checkpoints from
+:mod:`.checkpoint` and :mod:`.resume`. A first SIGINT/SIGTERM lets the current
+step finish, writes a checkpoint and raises :class:`TrainingInterrupted`
+(see :mod:`.signals`, :mod:`.rundir`).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import random
-import resource
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,22 +34,22 @@ from turnrl.agents.base import TrainableAgent
 from turnrl.agents.inference import SamplingParams
 from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import Timeout, TurnLimit
-from turnrl.logging import MetricsLogger, ensure_logging
+from turnrl.logging import MetricsLogger, NullMetrics, ensure_logging, init_wandb
 from turnrl.plots import plot_run
 from turnrl.progress import Progress
 from turnrl.rewards import RewardFunction, combine, score_groups
 from turnrl.rewards.combine import with_timeout
 from turnrl.training import rundir
 from turnrl.training.advantages import AdvantageEstimator
+from turnrl.training.algorithms import algorithm_for
 from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.checkpoint import (
-    CheckpointError,
     apply_optim_settings,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
-    read_checkpoint_config,
     save_checkpoint,
+    saved_reference,
     step_of,
 )
 from turnrl.training.config import TrainingConfig
@@ -60,13 +61,17 @@ from turnrl.training.distributed import (
     shard,
     shutdown,
 )
+from turnrl.training.errors import NonFiniteError, TrainingInterrupted
 from turnrl.training.estimators import build_estimator
-from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, merged_copy
+from turnrl.training.groups import check_failures, filter_groups
+from turnrl.training.lora import is_peft_model, merged_copy
+from turnrl.training.models import build_models
+from turnrl.training.perf import StepClock
+from turnrl.training.resume import check_resume_config, find_checkpoint
 from turnrl.training.rollout import check_environment, check_scenarios, collect, rollout_metrics
 from turnrl.training.rundir import RunLock
 from turnrl.training.signals import StopSignals
 from turnrl.training.update import estimate, make_optimization, policy_update, score_batch
-from turnrl.training.value import ValueModel
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 log = structlog.get_logger(__name__)
@@ -129,97 +134,89 @@ class Trainer:
         env = check_environment(env)
         if scenarios is None:
             scenarios = check_scenarios(env.scenarios, "env.scenarios")
-        scenarios = check_scenarios(scenarios)
-        eval_scenarios = check_scenarios(eval_scenarios or (), "eval_scenarios")
-        self.config = config or TrainingConfig.from_profile("balanced")
+        self.scenarios = list(check_scenarios(scenarios))
+        self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
+        self.config = config = config or TrainingConfig.from_profile("balanced")
+        if config.eval.max_scenarios is not None:
+            self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
+        algorithm = algorithm_for(config.algorithm)
+        if estimator is not None and not algorithm.takes_custom_estimator:
+            raise ValueError(
+                f"estimator=... replaces the advantage estimator of a PPO-clip loss; "
+                f"{config.algorithm.estimator!r} has its own loss, so set "
+                "config.algorithm.estimator to another kind (e.g. 'grpo')"
+            )
         self.dist = context_from_env()
         self._owns_group = self.dist.enabled and not torch.distributed.is_initialized()
         device = init_process_group(self.dist)
         self.agent = agent
-        lora = self.config.model.lora
-        if lora is not None and not is_peft_model(agent.model):
-            agent.model = add_lora(agent.model, lora)  # the agent hands it to its engine
-        self.policy = agent.model
-        if self.dist.enabled and device.type == "cuda":
-            self.policy.to(device)
-        self.device = next(self.policy.parameters()).device
+        self.models = build_models(
+            agent,
+            config,
+            self.dist,
+            device,
+            critic=algorithm.critic and estimator is None,
+            reference=config.algorithm.uses_reference,
+        )
+        self.policy, self.ref_model = self.models.policy, self.models.reference
+        self.value_model, self.device = self.models.value_model, self.models.device
         if self.dist.enabled:
-            shard(range(self.config.rollout.scenarios_per_step), self.dist)  # B % world == 0
-        self.scenarios = list(scenarios if scenarios is not None else getattr(env, "scenarios", ()))
-        if not self.scenarios:
-            raise ValueError(
-                "no training scenarios: pass scenarios=[...] to Trainer or give the environment "
-                "a non-empty `scenarios` list"
-            )
-        self.eval_scenarios = list(eval_scenarios or ())
-        if self.config.eval.max_scenarios is not None:
-            self.eval_scenarios = self.eval_scenarios[: self.config.eval.max_scenarios]
-        if self.config.optim.precision == "fp16" and self.device.type != "cuda":
+            shard(range(config.rollout.scenarios_per_step), self.dist)  # B % world == 0
+        if config.optim.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("optim.precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
-        rollout = self.config.rollout
+        rollout = config.rollout
         if rollout.env_timeout_s is not None:
             env = Timeout(env, rollout.env_timeout_s)
         self.env = TurnLimit(env, rollout.max_turns) if rollout.max_turns is not None else env
         self.rewards = with_timeout(_as_reward(rewards), rollout.reward_timeout_s)
-        algo = self.config.algorithm
-        if estimator is not None and algo.estimator == "gvpo":
-            raise ValueError(
-                "estimator=... replaces the advantage estimator of a PPO-clip loss; GVPO has its "
-                "own loss, so set config.algorithm.estimator to another kind (e.g. 'grpo')"
-            )
-        self.estimator = estimator or build_estimator(algo)
-        self.value_model = None
-        if algo.estimator == "gae" and estimator is None:
-            self.value_model = ValueModel(self.policy, separate=algo.critic == "separate")
-        # DDP broadcasts rank 0's weights when it wraps a module, so the reference
-        # copy is taken afterwards: every rank holds the same one.
-        self.wrapped = (self.policy, self.value_model)
-        if self.dist.enabled:
-            self.wrapped = (_ddp(self.policy, device), _ddp(self.value_model, device))
-        self.ref_model: Any = None
-        if algo.uses_reference and is_peft_model(self.policy):
-            self.ref_model = AdapterDisabledReference(self.policy)  # no second copy
-        elif algo.uses_reference:
-            self.ref_model = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        self.optim = make_optimization(self.policy, self.config, self.value_model)
-        gen = self.config.generation
-        _check_context(agent.engine.max_context, gen.max_new_tokens)
-        self.sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
-        agent.engine.configure(
-            max_batch_size=gen.max_batch_size,
-            reuse_kv_cache=gen.reuse_kv_cache,
-            weights=gen.weights,
-        )
-        self.run_dir = Path(self.config.run.output_dir)
+        self.estimator = estimator or build_estimator(config.algorithm)
+        self.optim = make_optimization(self.policy, config, self.value_model)
+        self.sampling = self._configure_engine()
+        self.run_dir = Path(config.run.output_dir)
         self.step_count = 0
         self.progress = Progress(0, enabled=False)  # train() draws the real one
         self._nonfinite_streak = 0
         self._order: list[int] = []
-        self._rng = random.Random(self.config.run.seed)
+        self._rng = random.Random(config.run.seed)
         self._reference_file: Path | None = None  # the run's saved reference weights
         self._signals = StopSignals()
         self.resumed_from: Path | None = None
         self._lock = RunLock(self.run_dir)
         try:
-            if self.dist.is_main:  # only rank 0 writes
-                self._lock.acquire()
-                rundir.clean_stale_temps(checkpoint_dir(self.run_dir))
-            if resume:
-                self.resumed_from = self._resume(resume, force=force_resume)
-            elif self.dist.is_main:
-                rundir.claim_fresh(self.run_dir, overwrite=self.config.run.overwrite)
-                self.config.save(self.run_dir / "config.json")
-            if self.dist.is_main:
-                self.metrics: MetricsLogger | _NoMetrics = MetricsLogger(
-                    self.run_dir,
-                    wandb_run=self._init_wandb(),
-                    append=self.resumed_from is not None,
-                )
-            else:
-                self.metrics = _NoMetrics()
+            self._open_run_dir(resume, force_resume)
         except BaseException:
             self._lock.release()
             raise
+
+    def _configure_engine(self) -> SamplingParams:
+        """Apply ``config.generation`` to the agent's engine; the rollouts' sampling settings."""
+        gen = self.config.generation
+        _check_context(self.agent.engine.max_context, gen.max_new_tokens)
+        self.agent.engine.configure(
+            max_batch_size=gen.max_batch_size,
+            reuse_kv_cache=gen.reuse_kv_cache,
+            weights=gen.weights,
+        )
+        return SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
+
+    def _open_run_dir(self, resume: bool | str | Path, force_resume: bool) -> None:
+        """Lock the run directory, then resume from it or claim it fresh; open the metrics."""
+        if self.dist.is_main:  # only rank 0 writes
+            self._lock.acquire()
+            rundir.clean_stale_temps(checkpoint_dir(self.run_dir))
+        if resume:
+            self.resumed_from = self._resume(resume, force=force_resume)
+        elif self.dist.is_main:
+            rundir.claim_fresh(self.run_dir, overwrite=self.config.run.overwrite)
+            self.config.save(self.run_dir / "config.json")
+        self.metrics: MetricsLogger | NullMetrics = NullMetrics()
+        if self.dist.is_main:
+            wandb_run = init_wandb(
+                self.config.wandb, self.run_dir, self.config.model_dump()
+            )
+            self.metrics = MetricsLogger(
+                self.run_dir, wandb_run=wandb_run, append=self.resumed_from is not None
+            )
 
     async def train(self) -> dict[str, Any]:
         """Run the configured number of steps.
@@ -321,66 +318,34 @@ class Trainer:
 
     async def step(self, groups: Sequence[TrajectoryGroup] | None = None) -> dict[str, Any]:
         """One training step; collects fresh groups unless ``groups`` is given."""
-        t0 = time.perf_counter()
-        calls0, tokens0 = self.agent.engine.stats.generate_calls, self._generated_tokens()
-        generate0 = self.agent.engine.stats.generate_s
+        clock = StepClock(self.agent.engine)
         if groups is None:
             groups = await self.collect_groups()
-        t1 = time.perf_counter()
-        # Groups given with their rewards (replayed, off-policy) keep them.
+        clock.rollout_done()
+        metrics = await self._score(groups)
+        kept, filtered = filter_groups(groups, self.config)
+        metrics |= filtered
+        self.step_count += 1
+        # Every rank must take part in the update's collectives, or none.
+        if all_agree(bool(kept), self.dist):
+            batch = self.prepare_batch(kept)
+            batch, estimated = estimate(batch, self.estimator, self.config, self.dist)
+            metrics |= estimated | self._update(batch)
+            self._check_nonfinite(metrics)
+        else:
+            log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
+        self._sync_weights()
+        metrics |= clock.metrics(self.device)
+        return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
+
+    async def _score(self, groups: Sequence[TrajectoryGroup]) -> dict[str, Any]:
+        """Reward the groups (those given with rewards keep them) and check the failures."""
         unscored = [g for g in groups if any(t.reward is None for t in g.ok)]
         # self.rewards already carries rollout.reward_timeout_s (with_timeout in __init__).
         metrics: dict[str, Any] = await score_groups(unscored, self.rewards)
         metrics |= rollout_metrics(groups)
-        _check_failures(groups, self.config.rollout.max_failed_frac, self.step_count + 1)
-        kept = [g for g in groups if len(g.ok) >= self.config.rollout.min_group_size]
-        metrics["rollout/groups_dropped"] = float(len(groups) - len(kept))
-        metrics["rollout/frac_zero_std"] = _frac_zero_std(kept)
-        if self.config.algorithm.skip_tied_groups:
-            kept = [g for g in kept if not _tied(g)]
-            metrics["rollout/groups_skipped_tied"] = metrics["rollout/frac_zero_std"]
-        self.step_count += 1
-        # Every rank must take part in the update's collectives, or none.
-        if all_agree(bool(kept), self.dist):
-            metrics |= self._update(kept)
-            self._nonfinite_streak = (
-                self._nonfinite_streak + 1 if metrics["train/skipped_nonfinite"] else 0
-            )
-            if metrics["train/skipped_nonfinite"]:
-                log.warning("nonfinite_gradient", step=self.step_count, action="update skipped")
-            if self._nonfinite_streak >= self.config.optim.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"{self._nonfinite_streak} steps in a row (up to step {self.step_count}) had "
-                    "a non-finite loss or gradient and were skipped; the weights are those of "
-                    f"step {self.step_count - self._nonfinite_streak}. Lower optim.lr, check the "
-                    "rewards for NaN/inf, or use precision='fp32'"
-                )
-        else:
-            log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
-        self._sync_weights()
-        t2 = time.perf_counter()
-        generated = self._generated_tokens() - tokens0
-        metrics = (
-            metrics
-            | {
-                "perf/rollout_s": t1 - t0,
-                "perf/update_s": t2 - t1,
-                "perf/step_s": t2 - t0,
-                "perf/generated_tokens": float(generated),
-                "perf/gen_tokens_per_s": generated / max(t1 - t0, 1e-9),
-                "perf/generate_calls": float(self.agent.engine.stats.generate_calls - calls0),
-                "perf/generate_s": self.agent.engine.stats.generate_s - generate0,
-            }
-            | peak_memory(self.device)
-        )
-        return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
-
-    def _plot(self) -> None:
-        """Draw metrics.png; a missing matplotlib or a plotting error never fails the run."""
-        try:
-            plot_run(self.run_dir)
-        except Exception as e:  # the run is done and saved; the picture is a bonus
-            log.warning("plot_skipped", reason=f"{type(e).__name__}: {e}")
+        check_failures(groups, self.config.rollout.max_failed_frac, self.step_count + 1)
+        return metrics
 
     def prepare_batch(self, groups: Sequence[TrajectoryGroup]) -> RolloutBatch:
         """The batch an update starts from, without updating.
@@ -397,11 +362,9 @@ class Trainer:
         )
         return score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
 
-    def _update(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
-        """Score, estimate and update on ``groups``."""
-        batch = self.prepare_batch(groups)
-        batch, metrics = estimate(batch, self.estimator, self.config, self.dist)
-        return metrics | policy_update(
+    def _update(self, batch: RolloutBatch) -> dict[str, float]:
+        """The optimizer steps on an estimated batch."""
+        return policy_update(
             self.policy,
             batch,
             self.optim,
@@ -409,9 +372,30 @@ class Trainer:
             value_model=self.value_model,
             seed=self.config.run.seed * 1_000_003 + self.step_count,
             ctx=self.dist,
-            wrapped=self.wrapped,
+            wrapped=self.models.wrapped,
             on_micro_batch=lambda done, total: self.progress.phase("update", done, total),
         )
+
+    def _check_nonfinite(self, metrics: dict[str, Any]) -> None:
+        """Count updates skipped for a non-finite gradient; too many in a row stop the run."""
+        skipped = bool(metrics["train/skipped_nonfinite"])
+        self._nonfinite_streak = self._nonfinite_streak + 1 if skipped else 0
+        if skipped:
+            log.warning("nonfinite_gradient", step=self.step_count, action="update skipped")
+        if self._nonfinite_streak >= self.config.optim.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{self._nonfinite_streak} steps in a row (up to step {self.step_count}) had "
+                "a non-finite loss or gradient and were skipped; the weights are those of "
+                f"step {self.step_count - self._nonfinite_streak}. Lower optim.lr, check the "
+                "rewards for NaN/inf, or use precision='fp32'"
+            )
+
+    def _plot(self) -> None:
+        """Draw metrics.png; a missing matplotlib or a plotting error never fails the run."""
+        try:
+            plot_run(self.run_dir)
+        except Exception as e:  # the run is done and saved; the picture is a bonus
+            log.warning("plot_skipped", reason=f"{type(e).__name__}: {e}")
 
     def _sync_weights(self) -> None:
         """Hand the updated policy to the engine as version ``step_count``.
@@ -480,9 +464,36 @@ class Trainer:
         """Write a resumable checkpoint of this step (rank 0; see :mod:`.checkpoint`)."""
         if not self.dist.is_main:
             return None
-        path = save_checkpoint(self, keep=self.config.run.keep_checkpoints)
+        path = save_checkpoint(
+            self.run_dir,
+            self.models,
+            self.optim,
+            self.config,
+            self.state_dict(),
+            keep=self.config.run.keep_checkpoints,
+            reference_file=self._reference_file,
+        )
+        self._reference_file = saved_reference(path, self.models)
         log.info("checkpoint_saved", step=self.step_count, path=str(path))
         return path
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's own state: the step count and the position in the scenario order.
+
+        The models, optimizer and random generators are saved beside it by
+        :func:`~turnrl.training.checkpoint.save_checkpoint`.
+        """
+        return {
+            "step": self.step_count,
+            "order": list(self._order),
+            "order_rng": self._rng.getstate(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.step_count = state["step"]
+        self._order = list(state["order"])
+        self._rng.setstate(state["order_rng"])
 
     def _resume(self, resume: bool | str | Path, *, force: bool) -> Path:
         """Load a checkpoint after checking the run directory and the config against it.
@@ -491,34 +502,16 @@ class Trainer:
         dropped; the run's ``config.json`` becomes the config in force, and
         ``config_history.jsonl`` records what changed.
         """
-        if resume is True:
-            path = latest_checkpoint(self.run_dir)
-            if path is None:
-                raise CheckpointError(
-                    f"resume=True but {checkpoint_dir(self.run_dir)} has no checkpoint (set "
-                    "run.checkpoint_every to write them); start afresh with --overwrite "
-                    "(run.overwrite=true)"
-                )
-        else:
-            path = Path(resume)
-        if not path.is_dir():
-            raise CheckpointError(f"no checkpoint directory at {path}")
-        overwrite, abandoned = self.config.run.overwrite, []
+        path = find_checkpoint(self.run_dir, resume)
+        abandoned = []
         if self.dist.is_main:
-            abandoned = rundir.check_resume_target(self.run_dir, path, overwrite=overwrite)
-        changes = rundir.config_changes(
-            read_checkpoint_config(path), json.loads(self.config.model_dump_json())
-        )
-        refused = rundir.breaking(changes)
-        if refused and not force:
-            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
-            raise ResumeConfigError(
-                f"cannot resume {path} exactly: the config differs from the checkpoint's in "
-                f"settings that change training ({listed}). Restore them, or pass "
-                "--force-resume (Trainer(force_resume=True)) to apply the new values from "
-                "the checkpoint's step on"
+            abandoned = rundir.check_resume_target(
+                self.run_dir, path, overwrite=self.config.run.overwrite
             )
-        step = load_checkpoint(self, path)
+        changes, refused = check_resume_config(path, self.config, force=force)
+        self.load_state_dict(load_checkpoint(path, self.models, self.optim))
+        self._reference_file = saved_reference(path, self.models)
+        step = self.step_count
         self.agent.engine.update_weights(self.policy.state_dict(), step)  # base weights too
         if refused:  # the optimizer state brought back the old lr, betas and weight decay
             apply_optim_settings(
@@ -565,87 +558,6 @@ class Trainer:
     def _generated_tokens(self) -> int:
         return self.agent.engine.stats.generated_tokens
 
-    def _init_wandb(self) -> Any:
-        cfg = self.config.wandb
-        if not cfg.enabled:
-            return None
-        import wandb
-
-        return wandb.init(
-            project=cfg.project,
-            name=cfg.name,
-            tags=cfg.tags,
-            mode=cfg.mode,
-            dir=str(self.run_dir),
-            config=self.config.model_dump(),
-        )
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after a step, with a checkpoint to resume from.
-
-    Attributes:
-        signum: The signal.
-        step: The last completed step.
-        checkpoint: The checkpoint holding that step (None on ranks other than 0).
-        exit_code: ``128 + signum``, the shell's convention (130 for SIGINT, 143 for SIGTERM).
-    """
-
-    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        self.exit_code = 128 + signum
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-            f"{checkpoint}; resume with Trainer(..., resume=True) or turnrl train --resume"
-        )
-
-
-class ResumeConfigError(CheckpointError, ValueError):
-    """The config of a resumed run differs from its checkpoint's in a setting that matters."""
-
-
-class RolloutFailureError(RuntimeError):
-    """Too many episodes of a step failed (environment, agent or reward errors)."""
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or gradients stayed non-finite for several steps in a row."""
-
-
-def _check_failures(groups: Sequence[TrajectoryGroup], max_frac: float, step: int) -> None:
-    """Raise RolloutFailureError, with the most common errors, above ``max_frac`` failures."""
-    episodes = flatten(groups)
-    failed = [t for t in episodes if t.failed]
-    if not episodes or len(failed) / len(episodes) <= max_frac:
-        return
-    counts = Counter((t.error or "").splitlines()[0][:200] for t in failed)
-    summary = "; ".join(f"{n} x {error!r}" for error, n in counts.most_common(5))
-    raise RolloutFailureError(
-        f"step {step}: {len(failed)} of {len(episodes)} episodes failed (more than "
-        f"rollout.max_failed_frac={max_frac}). Most common errors: {summary}"
-    )
-
-
-class _NoMetrics:
-    """The metrics sink of ranks other than 0: they do not write."""
-
-    def log(self, step: int, metrics: dict[str, Any], *, echo: bool = True) -> None:
-        """Drop the record."""
-
-    def log_samples(self, step: int, trajectories: Sequence[Any], *, table: str) -> None:
-        """Drop the samples."""
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def _ddp(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:
-    """``module`` wrapped in DistributedDataParallel (None stays None)."""
-    if module is None:
-        return None
-    device_ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
-
 
 def _check_context(max_context: int | None, max_new_tokens: int) -> None:
     """Refuse a ``max_new_tokens`` that leaves no room for a prompt in the model's context."""
@@ -654,14 +566,6 @@ def _check_context(max_context: int | None, max_new_tokens: int) -> None:
             f"generation.max_new_tokens={max_new_tokens} does not fit the model's context of "
             f"{max_context} tokens, which also holds the prompt; set it well below {max_context}"
         )
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """``perf/peak_rss_mb`` of this process so far and, on CUDA, ``perf/max_allocated_mb``."""
-    out = {"perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        out["perf/max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -677,15 +581,3 @@ def _as_reward(rewards: Rewards) -> RewardFunction | None:
     if isinstance(rewards, Mapping) or callable(rewards):
         return combine(rewards)
     return combine(*rewards)
-
-
-def _tied(group: TrajectoryGroup) -> bool:
-    """Whether the group's surviving episodes all got the same reward."""
-    return len({t.reward for t in group.ok}) <= 1
-
-
-def _frac_zero_std(groups: Sequence[TrajectoryGroup]) -> float:
-    """Fraction of groups whose surviving episodes all got the same reward."""
-    if not groups:
-        return 0.0
-    return sum(_tied(g) for g in groups) / len(groups)

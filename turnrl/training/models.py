@@ -1,0 +1,94 @@
+"""The models a run trains and consults: policy, frozen reference, critic, and their DDP wrappers.
+
+:func:`build_models` makes them in the one order that works for every
+combination: LoRA adapters first (the agent hands the wrapped model to its
+engine), the policy onto the rank's device, the critic (which may share the
+policy's trunk), the DDP wrappers (DDP broadcasts rank 0's weights when it
+wraps), and only then the reference, so every rank copies the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from turnrl.agents.base import TrainableAgent
+from turnrl.training.config import TrainingConfig
+from turnrl.training.distributed import DistributedContext
+from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model
+from turnrl.training.value import ValueModel
+
+
+@dataclass
+class TrainingModels:
+    """What the update runs forward passes through.
+
+    Attributes:
+        policy: The model being trained (the agent's, updated in place).
+        reference: The frozen KL reference: a copy of the starting policy, the
+            policy with its LoRA adapters disabled, or None when no loss term
+            or estimator needs one.
+        value_model: The critic, for estimators that need one.
+        wrapped: ``(policy, value_model)`` as forward passes see them: the
+            DDP wrappers under torchrun, else the modules themselves.
+        device: Where the policy's parameters live.
+    """
+
+    policy: torch.nn.Module
+    reference: Any
+    value_model: ValueModel | None
+    wrapped: tuple[torch.nn.Module, torch.nn.Module | None]
+    device: torch.device
+
+
+def build_models(
+    agent: TrainableAgent,
+    config: TrainingConfig,
+    dist: DistributedContext,
+    device: torch.device,
+    *,
+    critic: bool,
+    reference: bool,
+) -> TrainingModels:
+    """Prepare ``agent.model`` for training and build the models around it.
+
+    Args:
+        agent: The policy's agent; with ``config.model.lora`` its model is
+            replaced by the LoRA-wrapped one.
+        config: ``model.lora`` and ``algorithm.critic`` are read.
+        dist: The process group (DDP wrappers when enabled).
+        device: This rank's device (the policy moves there under torchrun on CUDA).
+        critic: Build a value model.
+        reference: Build the frozen KL reference.
+    """
+    lora = config.model.lora
+    if lora is not None and not is_peft_model(agent.model):
+        agent.model = add_lora(agent.model, lora)  # the agent hands it to its engine
+    policy = agent.model
+    if dist.enabled and device.type == "cuda":
+        policy.to(device)
+    value_model = None
+    if critic:
+        value_model = ValueModel(policy, separate=config.algorithm.critic == "separate")
+    wrapped = (policy, value_model)
+    if dist.enabled:
+        wrapped = (_ddp(policy, device), _ddp(value_model, device))
+    ref_model: Any = None
+    if reference and is_peft_model(policy):
+        ref_model = AdapterDisabledReference(policy)  # no second copy
+    elif reference:
+        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    return TrainingModels(
+        policy, ref_model, value_model, wrapped, next(policy.parameters()).device
+    )
+
+
+def _ddp(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:
+    """``module`` wrapped in DistributedDataParallel (None stays None)."""
+    if module is None:
+        return None
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)

@@ -1,0 +1,69 @@
+"""Resuming a run: which checkpoint, and whether the config still fits it.
+
+A resumed run continues exactly when it is built from the same starting model
+and config as the original; :func:`check_resume_config` compares the configs
+and refuses a change to a setting that changes training unless forced (the
+settings that cannot change training are :data:`turnrl.training.rundir.HARMLESS`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from turnrl.training import rundir
+from turnrl.training.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    read_checkpoint_config,
+)
+from turnrl.training.config import TrainingConfig
+from turnrl.training.errors import ResumeConfigError
+
+Changes = dict[str, tuple[Any, Any]]
+
+
+def find_checkpoint(run_dir: Path, resume: bool | str | Path) -> Path:
+    """The checkpoint ``resume`` names: the run's latest (True) or a directory.
+
+    Raises:
+        CheckpointError: The run has no checkpoint, or the directory does not exist.
+    """
+    if resume is True:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise CheckpointError(
+                f"resume=True but {checkpoint_dir(run_dir)} has no checkpoint (set "
+                "run.checkpoint_every to write them); start afresh with --overwrite "
+                "(run.overwrite=true)"
+            )
+        return path
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint directory at {path}")
+    return path
+
+
+def check_resume_config(
+    checkpoint: Path, config: TrainingConfig, *, force: bool
+) -> tuple[Changes, Changes]:
+    """The settings that differ from the checkpoint's, and those of them that change training.
+
+    Raises:
+        ResumeConfigError: A setting that changes training differs and ``force`` is False.
+    """
+    changes = rundir.config_changes(
+        read_checkpoint_config(checkpoint), json.loads(config.model_dump_json())
+    )
+    refused = rundir.breaking(changes)
+    if refused and not force:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ResumeConfigError(
+            f"cannot resume {checkpoint} exactly: the config differs from the checkpoint's in "
+            f"settings that change training ({listed}). Restore them, or pass "
+            "--force-resume (Trainer(force_resume=True)) to apply the new values from "
+            "the checkpoint's step on"
+        )
+    return changes, refused
