@@ -6,8 +6,8 @@ Three stages, each a function the Trainer calls in turn:
    update (the behavior log-probs when the batch has them), the reference
    model's log-probs, and the critic's values (of every prefix, and of each
    truncated episode's next state, GAE's bootstrap), a micro-batch at a time.
-2. :func:`estimate`: the KL penalty in the reward (``kl_penalty="reward"``),
-   the estimator, advantage whitening, value targets.
+2. :func:`~turnrl.training.estimate.estimate`: the KL penalty in the reward
+   (``kl_penalty="reward"``), the estimator, advantage whitening, value targets.
 3. :func:`policy_update`: ``num_iterations`` passes over the batch, each
    split into ``num_minibatches`` optimizer steps, each accumulated over
    micro-batches of ``optim.micro_batch_size`` sequences.
@@ -31,13 +31,13 @@ from collections.abc import Callable
 import torch
 from torch.profiler import record_function
 
-from turnrl.training.advantages import AdvantageEstimator, whiten
 from turnrl.training.algorithms import ALGORITHMS, StepSizes, algorithm_for
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
+from turnrl.training.estimate import estimate
 from turnrl.training.logprobs import forward_tokens, unscored_prefix
-from turnrl.training.losses import KL_ESTIMATORS, masked_mean
+from turnrl.training.losses import masked_mean
 from turnrl.training.objective import Critic, micro_batch_loss, step_normalizer
 from turnrl.training.optim import (
     Optimization,
@@ -46,9 +46,9 @@ from turnrl.training.optim import (
     optimizer_step,
     warmup_cosine,
 )
-from turnrl.training.value import ValueModel, state_values
+from turnrl.training.value import ValueModel
 
-__all__ = [  # the optimizer's names are re-exported for the modules that import them from here
+__all__ = [  # estimate and the optimizer's names are re-exported for modules importing them here
     "Optimization",
     "autocast",
     "estimate",
@@ -137,43 +137,18 @@ def score_batch(
             "(replayed or demonstration data?). Give every Turn its logprobs, or use "
             f"{' or '.join(f'estimator={k!r}' for k in takers)}, which accepts off-policy groups."
         )
-    device = batch.input_ids.device
     old = batch.behavior_logprobs.clone() if not need_old else torch.zeros_like(batch.loss_mask)
     ref = torch.zeros_like(batch.loss_mask) if ref_model is not None else None
     values = torch.zeros_like(batch.loss_mask) if value_model is not None else None
     if need_old or ref is not None or values is not None:
         policy.eval()
-        shared_values = values is not None and value_model.shared
-        out = None
         for rows in micro_batches(batch, opt.micro_batch_size, whole_groups=False):
             micro = batch.select(rows)
             w = micro.input_ids.shape[1]
-            ids, att = micro.input_ids, micro.attention_mask
-            with autocast(device, opt.precision):
-                prefix = unscored_prefix(micro.loss_mask) if opt.share_prompt_forward else 0
-                if need_old or shared_values:
-                    out = forward_tokens(
-                        policy,
-                        ids,
-                        att,
-                        temperature=config.generation.temperature,
-                        hidden=shared_values,
-                        shared_prefix=prefix,
-                    )
-                    if need_old:
-                        old[rows, :w] = out.logprobs
-                if ref is not None:
-                    with record_function("turnrl/ref_forward"):
-                        ref[rows, :w] = forward_tokens(
-                            ref_model,
-                            ids,
-                            att,
-                            temperature=config.generation.temperature,
-                            shared_prefix=prefix,
-                        ).logprobs
-                if values is not None:
-                    hidden = out.hidden if out is not None and shared_values else None
-                    values[rows, :w] = value_model(ids, att, hidden).float()
+            scores = _score_micro_batch(policy, ref_model, value_model, micro, config, need_old)
+            for into, part in zip((old, ref, values), scores, strict=True):
+                if part is not None:
+                    into[rows, :w] = part
     next_values = None
     if value_model is not None and batch.next_input_ids is not None:
         next_values = next_state_values(policy, value_model, batch, config)
@@ -185,6 +160,45 @@ def score_batch(
         values=values,
         next_values=next_values,
     )
+
+
+def _score_micro_batch(
+    policy: torch.nn.Module,
+    ref_model: torch.nn.Module | None,
+    value_model: ValueModel | None,
+    micro: RolloutBatch,
+    config: TrainingConfig,
+    need_old: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``micro``'s policy log-probs (if ``need_old``), reference log-probs and values (n, T)."""
+    ids, att, opt = micro.input_ids, micro.attention_mask, config.optim
+    shared_values = value_model is not None and value_model.shared
+    old = ref = values = out = None
+    with autocast(ids.device, opt.precision):
+        prefix = unscored_prefix(micro.loss_mask) if opt.share_prompt_forward else 0
+        if need_old or shared_values:
+            out = forward_tokens(
+                policy,
+                ids,
+                att,
+                temperature=config.generation.temperature,
+                hidden=shared_values,
+                shared_prefix=prefix,
+            )
+            old = out.logprobs if need_old else None
+        if ref_model is not None:
+            with record_function("turnrl/ref_forward"):
+                ref = forward_tokens(
+                    ref_model,
+                    ids,
+                    att,
+                    temperature=config.generation.temperature,
+                    shared_prefix=prefix,
+                ).logprobs
+        if value_model is not None:
+            hidden = out.hidden if out is not None and shared_values else None
+            values = value_model(ids, att, hidden).float()
+    return old, ref, values
 
 
 @torch.no_grad()
@@ -219,70 +233,6 @@ def next_state_values(
         last = att.sum(-1) - 1  # (m,) the state's last token: its value is V(state)
         out[chunk] = values[torch.arange(len(chunk), device=device), last]
     return out
-
-
-def estimate(
-    batch: RolloutBatch,
-    estimator: AdvantageEstimator,
-    config: TrainingConfig,
-    ctx: DistributedContext | None = None,
-) -> tuple[RolloutBatch, dict[str, float]]:
-    """Apply the KL reward penalty, run the estimator, whiten, set value targets.
-
-    With several processes (``ctx``), the batch std of the rewards and the
-    whitening moments are those of all ranks' batches together.
-
-    Returns:
-        The batch with ``advantages`` (and ``returns`` when it has values),
-        and metrics (``train/kl_penalty`` when the KL is in the reward).
-    """
-    algo = config.algorithm
-    metrics: dict[str, float] = {}
-    if algo.kl_penalty == "reward" and algo.beta > 0 and batch.ref_logprobs is not None:
-        kl = KL_ESTIMATORS[algo.kl_estimator](batch.old_logprobs, batch.ref_logprobs)
-        kl = kl * batch.loss_mask  # (N, T)
-        penalty = algo.beta * kl
-        batch = dataclasses.replace(
-            batch,
-            token_rewards=batch.token_rewards - penalty,
-            rewards=batch.rewards - penalty.sum(-1),
-        )
-        metrics["train/kl_penalty"] = penalty.sum(-1).mean().item()
-    ctx = ctx or DistributedContext()
-    if ctx.enabled and config.algorithm.scale_rewards == "batch":
-        n, total, squares = all_sum(
-            [len(batch), batch.rewards.sum().item(), (batch.rewards**2).sum().item()], ctx
-        )
-        variance = max(squares - total**2 / n, 0.0) / max(n - 1, 1)  # Bessel, like Tensor.std
-        batch = dataclasses.replace(batch, reward_std=variance**0.5)
-    advantages = estimator(batch, batch.values)  # (N, T)
-    if advantages.shape != batch.loss_mask.shape:
-        raise ValueError(
-            f"the estimator returned shape {tuple(advantages.shape)}, expected "
-            f"{tuple(batch.loss_mask.shape)} (one advantage per token)"
-        )
-    advantages = advantages * batch.loss_mask
-    returns = None
-    if batch.values is not None:
-        returns = (advantages + state_values(batch.values)) * batch.loss_mask
-    whitening = algo.whiten_advantages
-    if whitening is None:
-        whitening = algorithm_for(algo).whiten_advantages
-    if whitening:
-        moments = None
-        if ctx.enabled:
-            count, total, squares = all_sum(
-                [
-                    batch.loss_mask.sum().item(),
-                    (advantages * batch.loss_mask).sum().item(),
-                    (advantages**2 * batch.loss_mask).sum().item(),
-                ],
-                ctx,
-            )
-            mean = total / max(count, 1.0)
-            moments = (mean, max(squares / max(count, 1.0) - mean**2, 0.0))
-        advantages = whiten(advantages, batch.loss_mask, moments=moments)
-    return dataclasses.replace(batch, advantages=advantages, returns=returns), metrics
 
 
 def policy_update(
