@@ -14,8 +14,8 @@ from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.training.checkpoint import list_checkpoints
 from turnrl.training.config import TrainingConfig
-from turnrl.training.rundir import LOCK_NAME, RunDirError
 from turnrl.training.errors import ResumeConfigError
+from turnrl.training.rundir import LOCK_NAME, RunDirError
 from turnrl.training.trainer import Trainer
 
 

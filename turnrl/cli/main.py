@@ -213,8 +213,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user fixes (input, files, environment, settings), not bugs in turnrl."""
     from turnrl.environments.checker import EnvContractError  # torch is imported by now
     from turnrl.training.checkpoint import CheckpointError
-    from turnrl.training.rundir import RunDirError
     from turnrl.training.errors import NonFiniteError, RolloutFailureError
+    from turnrl.training.rundir import RunDirError
 
     return (
         ValueError,

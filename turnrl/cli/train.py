@@ -25,9 +25,9 @@ from turnrl.cli.experiment import load_experiment
 from turnrl.environments.checker import check_env
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
+from turnrl.training.errors import TrainingInterrupted
 from turnrl.training.rollout import rollout_metrics
 from turnrl.training.rundir import check_usable, preflight
-from turnrl.training.errors import TrainingInterrupted
 from turnrl.training.trainer import Trainer
 
 log = structlog.get_logger(__name__)

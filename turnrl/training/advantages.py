@@ -1,10 +1,11 @@
 """Advantage estimators: pure functions of a RolloutBatch, one dict of kinds.
 
 An estimator is any callable ``(batch, values=None) -> advantages (N, T)``,
-zero off the loss mask. ``ESTIMATORS`` maps a config ``kind`` to a factory
-taking the ``AlgorithmConfig``; a user's own estimator is passed to the
-Trainer (``estimator=``) or named in the config as ``"package.module:function"``
-(a factory with the same signature as those in ``ESTIMATORS``).
+zero off the loss mask, made by a factory taking the ``AlgorithmConfig``
+(``make_grpo``...). The table :data:`turnrl.training.algorithms.ALGORITHMS`
+pairs each with its loss; a user's own estimator is passed to the Trainer
+(``estimator=``) or named in the config as ``"package.module:function"`` (a
+factory with the same signature).
 
 - ``grpo``: Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, outcome
   supervision: each trajectory's reward minus its group's mean, optionally
@@ -19,10 +20,8 @@ Trainer (``estimator=``) or named in the config as ``"package.module:function"``
   1506.02438, at token level over the assistant's tokens, with a learned
   value function (see :mod:`turnrl.training.value`). A truncated episode
   bootstraps from the value of its real next state (``batch.next_values``).
-- ``gvpo``: Zhang et al. 2025, arXiv 2504.19599. GVPO is a loss, not an
-  advantage (see :func:`turnrl.training.losses.gvpo_loss`); its estimator
-  returns the centered rewards ``R_i - mean R``, which are GVPO's weights
-  ``w_i`` on the first update from the behavior policy, for logging.
+
+GVPO is a loss, not an advantage: see :mod:`turnrl.training.gvpo`.
 
 Where this departs from the papers:
 
@@ -43,14 +42,15 @@ Where this departs from the papers:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from turnrl.training.batch import RolloutBatch
-from turnrl.training.config import AlgorithmConfig
 from turnrl.training.value import state_values
+
+if TYPE_CHECKING:
+    from turnrl.training.config import AlgorithmConfig
 
 
 class AdvantageEstimator(Protocol):
@@ -316,22 +316,3 @@ def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
         return advantages
 
     return gae
-
-
-def make_gvpo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """GVPO's weights on the first update from the sampler: centered rewards (for logging)."""
-
-    def gvpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
-        return per_token(
-            batch.rewards - group_mean(batch.rewards, batch.group_ids), batch.loss_mask
-        )
-
-    return gvpo
-
-
-ESTIMATORS: dict[str, Callable[[AlgorithmConfig], AdvantageEstimator]] = {
-    "grpo": make_grpo,
-    "rloo": make_rloo,
-    "gae": make_gae,
-    "gvpo": make_gvpo,
-}

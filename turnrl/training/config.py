@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from turnrl.training.algorithms import ALGORITHMS, LOSSES, algorithm_for
 from turnrl.training.config_files import read_config_file
 
 ProfileName = Literal["conservative", "balanced", "aggressive"]
@@ -136,18 +137,20 @@ class RolloutConfig(_Section):
     )
 
 
-BUILTIN_ESTIMATORS = ("grpo", "rloo", "gae", "gvpo")
-GROUP_ESTIMATORS = ("grpo", "rloo", "gvpo")
-"""Estimators that compare episodes within a group (they need num_generations >= 2)."""
-
-
 class AlgorithmConfig(_Section):
     """The advantage estimator and the policy loss."""
 
     estimator: str = Field(
         "grpo",
-        description="Advantage estimator: grpo | rloo | gae | gvpo, or 'package.module:factory' "
-        "for your own (a factory taking this AlgorithmConfig and returning an estimator).",
+        description=f"The algorithm: {' | '.join(ALGORITHMS)} (turnrl.training.algorithms), "
+        "or 'package.module:factory' for your own advantage estimator (a factory taking this "
+        "AlgorithmConfig and returning an estimator) feeding the PPO-clip loss.",
+    )
+    loss: str | None = Field(
+        None,
+        description=f"The policy loss: {' | '.join(LOSSES)}. None: the estimator's own "
+        "(gvpo for gvpo, ppo_clip for the others); only a loss that takes advantages may "
+        "replace another such.",
     )
     scale_rewards: Literal["group", "batch", "none"] | None = Field(
         None,
@@ -157,7 +160,7 @@ class AlgorithmConfig(_Section):
     whiten_advantages: bool | None = Field(
         None,
         description="Shift and scale advantages to mean 0, std 1 over the batch's tokens. "
-        "None: on for gae, off otherwise.",
+        "None: the algorithm's default (on for gae, off otherwise).",
     )
     clip_eps_low: float = Field(0.2, ge=0, description="PPO ratio clip below: 1 - clip_eps_low.")
     clip_eps_high: float = Field(0.2, ge=0, description="PPO ratio clip above: 1 + clip_eps_high.")
@@ -236,30 +239,29 @@ class AlgorithmConfig(_Section):
     @field_validator("estimator")
     @classmethod
     def _known_estimator(cls, value: str) -> str:
-        if value not in BUILTIN_ESTIMATORS and ":" not in value:
+        if value not in ALGORITHMS and ":" not in value:
             raise ValueError(
                 f"unknown estimator {value!r}; choose one of "
-                f"{', '.join(BUILTIN_ESTIMATORS)} or give 'package.module:factory'"
+                f"{', '.join(ALGORITHMS)} or give 'package.module:factory'"
             )
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str | None) -> str | None:
+        if value is not None and value not in LOSSES:
+            raise ValueError(f"unknown loss {value!r}; choose one of {', '.join(LOSSES)}")
         return value
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmConfig:
-        if self.estimator == "gvpo" and self.kl_penalty == "reward":
-            raise ValueError(
-                "estimator='gvpo' regularizes through its own beta; kl_penalty='reward' does not "
-                "apply (leave it at 'loss')"
-            )
-        if self.estimator == "gvpo" and self.beta <= 0:
-            raise ValueError("estimator='gvpo' needs beta > 0 (GVPO's loss scales with beta)")
+        algorithm_for(self).check(self)
         return self
 
     @property
     def uses_reference(self) -> bool:
         """Whether a frozen reference model is needed."""
-        if self.estimator == "gvpo":
-            return self.gvpo_reference == "reference"
-        return self.beta > 0
+        return algorithm_for(self).loss.uses_reference(self)
 
 
 class OptimConfig(_Section):
@@ -360,7 +362,8 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _check_group_estimator(self) -> TrainingConfig:
-        if self.rollout.num_generations < 2 and self.algorithm.estimator in GROUP_ESTIMATORS:
+        compares_group = algorithm_for(self.algorithm).compares_group
+        if self.rollout.num_generations < 2 and compares_group:
             raise ValueError(
                 f"rollout.num_generations={self.rollout.num_generations}: the "
                 f"{self.algorithm.estimator!r} estimator compares episodes within a group, "

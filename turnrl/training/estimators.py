@@ -1,6 +1,6 @@
 """Turning ``algorithm.estimator`` into an advantage estimator, with errors that say why not.
 
-``algorithm.estimator`` is a built-in name (:data:`~turnrl.training.advantages.ESTIMATORS`)
+``algorithm.estimator`` is a name in :data:`~turnrl.training.algorithms.ALGORITHMS`
 or an import path ``package.module:factory``, a function that takes the
 :class:`~turnrl.training.config.AlgorithmConfig` and returns an estimator (a callable
 ``(batch, values=None) -> advantages``). An import path is only a string until it is
@@ -11,46 +11,24 @@ returning ``None`` before any rollout.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from turnrl.imports import import_object
-from turnrl.training.advantages import ESTIMATORS, AdvantageEstimator
-from turnrl.training.config import AlgorithmConfig
+from turnrl.training.advantages import AdvantageEstimator
+from turnrl.training.algorithms import ALGORITHMS, estimator_factory
 
+if TYPE_CHECKING:
+    from turnrl.training.config import AlgorithmConfig
 
-def estimator_factory(kind: str) -> Callable[[AlgorithmConfig], AdvantageEstimator]:
-    """The estimator factory for ``kind``: a built-in name or ``package.module:factory``.
-
-    Raises:
-        ValueError: The name is unknown, the import path does not resolve, or
-            it names something that cannot be a factory (not callable, or a
-            built-in function such as ``builtins:print``).
-    """
-    if kind in ESTIMATORS:
-        return ESTIMATORS[kind]
-    hint = (
-        f"give a built-in name ({', '.join(ESTIMATORS)}) or 'package.module:factory', a "
-        "function taking the AlgorithmConfig and returning an estimator"
-    )
-    try:
-        factory = import_object(kind)
-    except ValueError as e:
-        raise ValueError(f"estimator {e}; {hint}") from None
-    if not callable(factory) or inspect.isbuiltin(factory):
-        what = "a built-in function" if inspect.isbuiltin(factory) else "not callable"
-        raise ValueError(f"estimator {kind!r} is {what}, not an estimator factory; {hint}")
-    return factory
+__all__ = ["build_estimator", "check_estimator", "estimator_factory"]
 
 
 def build_estimator(config: AlgorithmConfig) -> AdvantageEstimator:
     """The advantage estimator ``config.estimator`` names, built from ``config``.
 
     Raises:
-        ValueError: See :func:`estimator_factory`; or the factory raised, or
-            returned something that is not an estimator (a callable
-            ``(batch, values=None) -> advantages``).
+        ValueError: See :func:`~turnrl.training.algorithms.estimator_factory`; or
+            the factory raised, or returned something that is not an estimator (a
+            callable ``(batch, values=None) -> advantages``).
     """
     factory = estimator_factory(config.estimator)
     try:
@@ -75,7 +53,7 @@ def check_estimator(config: AlgorithmConfig, *, source: str = "config") -> None:
     Raises:
         ValueError: ``invalid SOURCE`` and the reason (see :func:`build_estimator`).
     """
-    if config.estimator in ESTIMATORS:
+    if config.estimator in ALGORITHMS:
         return
     try:
         build_estimator(config)

@@ -1,4 +1,4 @@
-"""Policy losses, KL estimators, the value loss and GVPO: tensors in, ``(loss, stats)`` out.
+"""Policy losses, KL estimators and the value loss: tensors in, ``(loss, stats)`` out.
 
 - PPO-clip: Schulman et al., "Proximal Policy Optimization Algorithms" (2017),
   with separate lower and upper clip ranges (DAPO's clip-higher, Yu et al. 2025,
@@ -9,9 +9,8 @@
   (unbiased, non-negative; GRPO's choice, Shao et al. 2024, arXiv 2402.03300).
 - Clipped value loss: the PPO2 baseline implementation's ``max`` of the
   unclipped and clipped squared errors, halved.
-- GVPO: Zhang et al. 2025, "GVPO: Group Variance Policy Optimization for Large
-  Language Model Post-Training", arXiv 2504.19599, in the squared-error form of
-  the paper's implementation (see :func:`gvpo_loss`).
+
+GVPO's loss, which is its own algorithm, lives in :mod:`turnrl.training.gvpo`.
 
 Aggregation. Per-token losses become one number over a whole optimizer step:
 the trainer passes the step's normalizer, so splitting a step into
@@ -184,120 +183,3 @@ AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int | float], torc
     "constant": constant_normalizer,
 }
 """How per-token losses become one number; each takes the step's normalizer."""
-
-
-def gvpo_loss(
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_ids: torch.Tensor,
-    beta: float,
-    *,
-    normalizer: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GVPO's loss: match the centered implicit rewards to the centered rewards.
-
-    For each group of ``k`` responses ``y_i`` to one prompt, with the implicit
-    reward ``R_theta_i = beta * sum_t (log pi_theta - log pi_theta')(y_i)`` over
-    the response's tokens::
-
-        loss_group = 1/(k-1) * sum_i 0.5 * ((R_theta_i - mean R_theta) - (R_i - mean R))^2
-
-    and the loss is ``sum_groups loss_group / normalizer``: by default the mean
-    over groups. Its gradient is
-    ``-beta/(k-1) * sum_i w_i grad log pi_theta(y_i)`` with
-    ``w_i = (R_i - mean R) - beta * (Delta_i - mean Delta)``,
-    ``Delta_i = log pi_theta(y_i) - log pi_theta'(y_i)``, and the ``w_i`` of
-    a group sum to zero. ``pi_theta'`` is fixed (no gradient flows into
-    ``ref_logprobs``).
-
-    Scale and beta. ``beta`` is the paper's beta: it sets the KL-regularized
-    objective whose optimum ``pi* ~ pi_theta' exp(R / beta)`` the loss is
-    minimized at, and a constant factor on the loss leaves that minimizer
-    alone. The factor is a step size: the authors' verl recipe
-    (``compute_policy_loss_gvpo``) sums ``loss_group`` over the groups of a
-    micro-batch and averages over micro-batches (gradient accumulation and
-    data-parallel ranks), so its step loss is ``groups per micro-batch`` times
-    this mean (``micro_batch_size / k``; e.g. 8 with 64 responses per GPU
-    micro-batch and k = 8). With Adam the factor mostly cancels; with SGD, or
-    against ``max_grad_norm``, use a learning rate that many times smaller to
-    match the recipe, or pass the step's micro-batch count as ``normalizer``
-    (``algorithm.gvpo_group_reduction="sum"``), which reproduces it.
-
-    Args:
-        logprobs: Shape (B, T), per-token log-probs under the current policy.
-        ref_logprobs: Shape (B, T), per-token log-probs under ``pi_theta'``.
-        mask: Shape (B, T), 1 on the response tokens.
-        rewards: Shape (B,), each response's reward.
-        group_ids: Shape (B,), which group (prompt) each response belongs to.
-        beta: The KL-regularization coefficient of GVPO.
-        normalizer: What the sum over groups is divided by: the number of
-            groups in the whole optimizer step when this call sees only some of
-            them (gradient accumulation), or the step's number of micro-batches
-            for the recipe's sum over the groups of a micro-batch; default: the
-            number of groups present (their mean).
-
-    Returns:
-        ``(loss, stats)``; stats (detached): ``gvpo/implicit_reward_mean``
-        (``R_theta`` averaged over responses) and ``gvpo/weight_abs_mean``
-        (mean ``|w_i|``).
-
-    Raises:
-        ValueError: A group has fewer than two responses.
-    """
-    _check_pairs(group_ids)
-    implicit = beta * ((logprobs - ref_logprobs.detach()) * mask).sum(-1)  # (B,)
-    residual = -gvpo_weights(logprobs, ref_logprobs, mask, rewards, group_ids, beta)  # (B,)
-    _, dense = torch.unique(group_ids, return_inverse=True)
-    counts = torch.bincount(dense).to(residual.dtype)  # (g,)
-    per_response = 0.5 * residual**2 / (counts[dense] - 1)  # (B,)
-    loss = per_response.sum() / float(normalizer if normalizer is not None else len(counts))
-    with torch.no_grad():
-        stats = {
-            "gvpo/implicit_reward_mean": implicit.mean(),
-            "gvpo/weight_abs_mean": residual.abs().mean(),
-        }
-    return loss, stats
-
-
-def gvpo_weights(
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_ids: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """GVPO's per-response weights ``w_i = (R_i - mean R) - beta * (Delta_i - mean Delta)``.
-
-    Means are over each response's group; ``Delta_i`` is the sum over the
-    response's tokens of ``log pi_theta - log pi_theta'``. The weights of a
-    group sum to zero. Gradients flow through ``logprobs``.
-
-    Args:
-        logprobs: Shape (B, T).
-        ref_logprobs: Shape (B, T), under ``pi_theta'`` (detached).
-        mask: Shape (B, T).
-        rewards: Shape (B,).
-        group_ids: Shape (B,).
-        beta: GVPO's beta.
-
-    Returns:
-        Shape (B,).
-    """
-    delta = ((logprobs - ref_logprobs.detach()) * mask).sum(-1)  # (B,)
-    _, dense = torch.unique(group_ids, return_inverse=True)
-    counts = torch.bincount(dense).to(delta.dtype)  # (g,)
-
-    def centered(x: torch.Tensor) -> torch.Tensor:
-        sums = torch.zeros(len(counts), dtype=x.dtype, device=x.device).index_add_(0, dense, x)
-        return x - (sums / counts)[dense]
-
-    return centered(rewards.to(delta.dtype)) - beta * centered(delta)
-
-
-def _check_pairs(group_ids: torch.Tensor) -> None:
-    _, counts = torch.unique(group_ids, return_counts=True)
-    if bool((counts < 2).any()):
-        raise ValueError("gvpo_loss needs at least two responses in every group")

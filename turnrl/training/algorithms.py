@@ -1,0 +1,270 @@
+"""The algorithm table: each algorithm's estimator, its policy loss, and what they need.
+
+:data:`ALGORITHMS` maps ``algorithm.estimator`` to an :class:`Algorithm`; the
+policy losses it pairs estimators with are in :data:`LOSSES`
+(``algorithm.loss``). Config validation, scoring, estimation and the update
+ask the entry what to do; nothing else looks at an algorithm's name. To add an
+algorithm, write its functions and add one entry here.
+
+- ``grpo``, ``rloo``, ``gae``: advantage estimators (papers and departures in
+  :mod:`turnrl.training.advantages`) feeding the PPO-clip loss (Schulman et al.
+  2017, with DAPO's separate clip ranges; :func:`~turnrl.training.losses.ppo_clip_loss`).
+- ``gvpo``: a loss with its own estimator, all of it in :mod:`turnrl.training.gvpo`.
+- ``package.module:factory``: a user's estimator factory, feeding PPO-clip
+  (:func:`algorithm_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from turnrl.imports import import_object
+from turnrl.training import gvpo
+from turnrl.training.advantages import AdvantageEstimator, make_gae, make_grpo, make_rloo
+from turnrl.training.batch import RolloutBatch
+from turnrl.training.losses import AGGREGATIONS, ppo_clip_loss
+
+if TYPE_CHECKING:
+    from turnrl.training.config import AlgorithmConfig
+
+EstimatorFactory = Callable[["AlgorithmConfig"], AdvantageEstimator]
+
+
+@dataclass(frozen=True)
+class StepSizes:
+    """The sizes of one optimizer step, which a micro-batch's losses are divided by.
+
+    Attributes:
+        normalizer: What the aggregated per-token losses are divided by
+            (``algorithm.loss_aggregation``: the step's tokens, sequences, or
+            sequences x a token budget), summed over ranks.
+        groups: Groups in the step, summed over ranks.
+        micro_batches: Micro-batches in the step, summed over ranks.
+        rank_tokens: Sampled tokens of this rank's share of the step (per-token
+            metrics are weighted by a micro-batch's share of them).
+        rank_sequences: Sequences of this rank's share of the step.
+    """
+
+    normalizer: float
+    groups: float
+    micro_batches: float
+    rank_tokens: int
+    rank_sequences: int
+
+
+class PolicyLossFn(Protocol):
+    """A micro-batch's share of the step's policy loss, and its share of the loss's metrics."""
+
+    def __call__(
+        self,
+        logprobs: torch.Tensor,
+        micro: RolloutBatch,
+        config: AlgorithmConfig,
+        step: StepSizes,
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """A policy loss and what it needs from the batch.
+
+    Attributes:
+        name: Its ``algorithm.loss`` name.
+        compute: The loss of a micro-batch (``logprobs`` has shape (n, T)).
+        whole_groups: Its micro-batches and mini-batches hold whole groups (it
+            compares responses within a group).
+        needs_behavior_logprobs: It takes a ratio to the log-probs the tokens
+            were sampled with, so groups without them are refused.
+        adds_kl_term: ``beta * KL`` to the reference is added to it under
+            ``kl_penalty="loss"`` (a loss whose beta is its own adds none).
+        takes_any_advantages: It trains on the estimator's advantages, so any
+            estimator (a user's too) may feed it.
+        uses_reference: Whether a config needs the frozen reference model.
+    """
+
+    name: str
+    compute: PolicyLossFn
+    whole_groups: bool
+    needs_behavior_logprobs: bool
+    adds_kl_term: bool
+    takes_any_advantages: bool
+    uses_reference: Callable[[AlgorithmConfig], bool]
+
+
+def _no_constraints(config: AlgorithmConfig) -> None:
+    """Accept every setting."""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An advantage estimator, the loss it feeds, and what the pair needs.
+
+    Attributes:
+        estimator: Factory of the estimator, taking the ``AlgorithmConfig``.
+        loss: The policy loss.
+        compares_group: The estimator compares episodes within a group (it
+            needs ``rollout.num_generations >= 2``).
+        critic: It needs a value model (trained by the value loss).
+        whiten_advantages: The default of ``algorithm.whiten_advantages``.
+        check: Raises ValueError, naming the fix, for settings it cannot honour.
+    """
+
+    estimator: EstimatorFactory
+    loss: PolicyLoss
+    compares_group: bool = False
+    critic: bool = False
+    whiten_advantages: bool = False
+    check: Callable[[AlgorithmConfig], None] = _no_constraints
+
+    @property
+    def takes_custom_estimator(self) -> bool:
+        """Whether a user's estimator (``Trainer(estimator=...)``) may replace its own."""
+        return self.loss.takes_any_advantages
+
+
+def ppo_clip_policy_loss(
+    logprobs: torch.Tensor, micro: RolloutBatch, config: AlgorithmConfig, step: StepSizes
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clip on the micro-batch's advantages, aggregated over the step.
+
+    Args:
+        logprobs: Shape (n, T), the current policy's log-probs of ``micro``.
+        micro: With ``old_logprobs`` and ``advantages``.
+        config: ``clip_eps_low``, ``clip_eps_high``, ``loss_aggregation``.
+        step: The optimizer step's sizes.
+    """
+    assert micro.old_logprobs is not None and micro.advantages is not None
+    mask = micro.loss_mask
+    per_token, stats = ppo_clip_loss(
+        logprobs,
+        micro.old_logprobs,
+        micro.advantages,
+        mask,
+        clip_eps_low=config.clip_eps_low,
+        clip_eps_high=config.clip_eps_high,
+    )
+    loss = AGGREGATIONS[config.loss_aggregation](per_token, mask, step.normalizer)
+    share = mask.sum().item() / max(step.rank_tokens, 1)  # this micro-batch's share of tokens
+    return loss, {
+        "train/clip_frac": stats["clip_frac"].item() * share,
+        "train/ratio_mean": stats["ratio_mean"].item() * share,
+    }
+
+
+def _kl_coefficient_positive(config: AlgorithmConfig) -> bool:
+    return config.beta > 0
+
+
+PPO_CLIP = PolicyLoss(
+    name="ppo_clip",
+    compute=ppo_clip_policy_loss,
+    whole_groups=False,
+    needs_behavior_logprobs=True,
+    adds_kl_term=True,
+    takes_any_advantages=True,
+    uses_reference=_kl_coefficient_positive,
+)
+GVPO = PolicyLoss(
+    name="gvpo",
+    compute=gvpo.gvpo_policy_loss,
+    whole_groups=True,
+    needs_behavior_logprobs=False,
+    adds_kl_term=False,
+    takes_any_advantages=False,
+    uses_reference=gvpo.uses_reference,
+)
+
+LOSSES: dict[str, PolicyLoss] = {loss.name: loss for loss in (PPO_CLIP, GVPO)}
+"""``algorithm.loss`` -> the policy loss."""
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "grpo": Algorithm(make_grpo, PPO_CLIP, compares_group=True),
+    "rloo": Algorithm(make_rloo, PPO_CLIP, compares_group=True),
+    "gae": Algorithm(make_gae, PPO_CLIP, critic=True, whiten_advantages=True),
+    "gvpo": Algorithm(gvpo.make_gvpo, GVPO, compares_group=True, check=gvpo.check_config),
+}
+"""``algorithm.estimator`` -> the algorithm."""
+
+
+def algorithm_for(config: AlgorithmConfig) -> Algorithm:
+    """The algorithm ``config`` selects: its table entry, with ``config.loss`` if set.
+
+    An import path (``package.module:factory``) selects the estimator that
+    factory makes, feeding PPO-clip; it is imported when the estimator is built.
+
+    Raises:
+        ValueError: ``config.loss`` is unknown, or cannot take this estimator's
+            advantages (a loss with its own estimator, or an estimator made for
+            its own loss).
+    """
+    spec = ALGORITHMS.get(config.estimator)
+    if spec is None:
+        spec = Algorithm(_ImportedFactory(config.estimator), PPO_CLIP)
+    if config.loss is None or config.loss == spec.loss.name:
+        return spec
+    loss = LOSSES.get(config.loss)
+    if loss is None:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if not (loss.takes_any_advantages and spec.loss.takes_any_advantages):
+        raise ValueError(
+            f"loss={config.loss!r} cannot train on estimator={config.estimator!r}: "
+            f"estimator {config.estimator!r} goes with loss {spec.loss.name!r}; leave "
+            "algorithm.loss unset for an estimator's own loss"
+        )
+    return dataclasses.replace(spec, loss=loss)
+
+
+def estimator_factory(kind: str) -> EstimatorFactory:
+    """The estimator factory for ``kind``: a table entry or ``package.module:factory``.
+
+    Raises:
+        ValueError: The name is unknown, the import path does not resolve, or
+            it names something that cannot be a factory (not callable, or a
+            built-in function such as ``builtins:print``).
+    """
+    if kind in ALGORITHMS:
+        return ALGORITHMS[kind].estimator
+    hint = (
+        f"give a built-in name ({', '.join(ALGORITHMS)}) or 'package.module:factory', a "
+        "function taking the AlgorithmConfig and returning an estimator"
+    )
+    try:
+        factory = import_object(kind)
+    except ValueError as e:
+        raise ValueError(f"estimator {e}; {hint}") from None
+    if not callable(factory) or inspect.isbuiltin(factory):
+        what = "a built-in function" if inspect.isbuiltin(factory) else "not callable"
+        raise ValueError(f"estimator {kind!r} is {what}, not an estimator factory; {hint}")
+    return factory
+
+
+@dataclass(frozen=True)
+class _ImportedFactory:
+    """The estimator factory named by an import path, imported when called."""
+
+    path: str
+
+    def __call__(self, config: AlgorithmConfig) -> AdvantageEstimator:
+        return estimator_factory(self.path)(config)
+
+
+def check_custom_estimator(config: AlgorithmConfig) -> None:
+    """Refuse a user's estimator object (``Trainer(estimator=...)``) where it cannot apply.
+
+    Raises:
+        ValueError: The algorithm's loss has its own estimator.
+    """
+    spec = algorithm_for(config)
+    if not spec.takes_custom_estimator:
+        takers = [k for k, a in ALGORITHMS.items() if a.takes_custom_estimator]
+        raise ValueError(
+            f"estimator=... replaces the advantage estimator of a loss that takes advantages; "
+            f"estimator={config.estimator!r} has its own loss ({spec.loss.name}), so set "
+            f"config.algorithm.estimator to one of {', '.join(map(repr, takers))}"
+        )
