@@ -175,3 +175,11 @@ def _save_atomic(fig: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def try_plot_run(run_dir: str | Path) -> None:
+    """:func:`plot_run`, logging instead of raising: a finished run never fails on its picture."""
+    try:
+        plot_run(run_dir)
+    except Exception as e:  # the run is done and saved; the picture is a bonus
+        structlog.get_logger(__name__).warning("plot_skipped", reason=f"{type(e).__name__}: {e}")

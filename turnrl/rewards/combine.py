@@ -30,6 +30,7 @@ import numbers
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
@@ -326,3 +327,18 @@ def _apply(trajectory: Trajectory, result: RewardResult, name: str | None) -> di
     else:
         trajectory.reward = env_return + result.score
     return trajectory.reward_components
+
+
+def as_reward(
+    rewards: RewardFunction | Sequence[Any] | Mapping[Any, float] | None,
+) -> RewardFunction | None:
+    """A RewardFunction from what ``Trainer(rewards=...)`` accepts.
+
+    A RewardFunction or None as it is; a function or a ``{function: weight}``
+    mapping, or a list of functions (weight 1 each), through :func:`combine`.
+    """
+    if rewards is None or isinstance(rewards, RewardFunction):
+        return rewards
+    if isinstance(rewards, Mapping) or callable(rewards):
+        return combine(rewards)
+    return combine(*rewards)

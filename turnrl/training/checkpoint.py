@@ -49,7 +49,7 @@ from turnrl.training.config_files import read_json_object
 if TYPE_CHECKING:
     from turnrl.training.config import TrainingConfig
     from turnrl.training.models import TrainingModels
-    from turnrl.training.update import Optimization
+    from turnrl.training.optim import Optimization
 
 log = structlog.get_logger(__name__)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from turnrl.agents.base import TrainableAgent
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext
-from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model
+from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, merged_copy
 from turnrl.training.value import ValueModel
 
 
@@ -81,9 +82,21 @@ def build_models(
         ref_model = AdapterDisabledReference(policy)  # no second copy
     elif reference:
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
-    return TrainingModels(
-        policy, ref_model, value_model, wrapped, next(policy.parameters()).device
-    )
+    return TrainingModels(policy, ref_model, value_model, wrapped, next(policy.parameters()).device)
+
+
+def save_pretrained(models: TrainingModels, tokenizer: Any, path: Path, *, merge: bool) -> None:
+    """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
+
+    With LoRA this stores the adapter, or with ``merge=True`` a plain model
+    with the adapters merged in.
+    """
+    policy = models.policy
+    model = merged_copy(policy) if merge and is_peft_model(policy) else policy
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if models.value_model is not None:
+        models.value_model.save(path)
 
 
 def _ddp(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:

@@ -12,15 +12,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from turnrl.training import rundir
 from turnrl.training.checkpoint import (
     CheckpointError,
+    apply_optim_settings,
     checkpoint_dir,
     latest_checkpoint,
+    load_checkpoint,
     read_checkpoint_config,
 )
 from turnrl.training.config import TrainingConfig
 from turnrl.training.errors import ResumeConfigError
+from turnrl.training.models import TrainingModels
+from turnrl.training.optim import Optimization, make_optimization
+
+log = structlog.get_logger(__name__)
 
 Changes = dict[str, tuple[Any, Any]]
 
@@ -67,3 +75,41 @@ def check_resume_config(
             "the checkpoint's step on"
         )
     return changes, refused
+
+
+def resume_run(
+    run_dir: Path,
+    resume: bool | str | Path,
+    config: TrainingConfig,
+    models: TrainingModels,
+    optim: Optimization,
+    *,
+    is_main: bool,
+    force: bool,
+) -> tuple[Path, dict[str, Any]]:
+    """Load a checkpoint into ``models`` and ``optim`` after checking the run and the config.
+
+    Metrics logged after the checkpoint (by the run that went on past it) are
+    dropped; the run's ``config.json`` becomes the config in force, and
+    ``config_history.jsonl`` records what changed (rank 0 writes).
+
+    Returns:
+        The checkpoint, and the trainer's state for :meth:`Trainer.load_state_dict`.
+    """
+    path = find_checkpoint(run_dir, resume)
+    abandoned = []
+    if is_main:
+        abandoned = rundir.check_resume_target(run_dir, path, overwrite=config.run.overwrite)
+    changes, refused = check_resume_config(path, config, force=force)
+    state = load_checkpoint(path, models, optim)
+    if refused:  # the optimizer state brought back the old lr, betas and weight decay
+        apply_optim_settings(optim, make_optimization(models.policy, config, models.value_model))
+    if is_main:
+        rundir.record_resume(
+            run_dir, path, state["step"], changes, forced=bool(refused), abandoned=abandoned
+        )
+        config.save(run_dir / "config.json")
+    if "run.max_steps" in changes and config.optim.min_lr_ratio < 1:
+        log.warning("lr_schedule_changed", effect="the cosine decay spans the new max_steps")
+    log.info("resumed", step=state["step"], checkpoint=str(path), changed=sorted(changes) or None)
+    return path, state

@@ -20,7 +20,7 @@ from turnrl.agents.transformers import TransformersAgent
 from turnrl.training.batch import build_batch
 from turnrl.training.logprobs import token_logprobs
 from turnrl.training.offline import trajectory_from_messages
-from turnrl.training.update import warmup_cosine
+from turnrl.training.optim import warmup_cosine
 from turnrl.types import Message, TrajectoryGroup
 
 log = structlog.get_logger(__name__)

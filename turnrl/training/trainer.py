@@ -35,19 +35,17 @@ from turnrl.agents.inference import SamplingParams
 from turnrl.environments.base import Environment
 from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.logging import MetricsLogger, NullMetrics, ensure_logging, init_wandb
-from turnrl.plots import plot_run
+from turnrl.plots import try_plot_run
 from turnrl.progress import Progress
-from turnrl.rewards import RewardFunction, combine, score_groups
-from turnrl.rewards.combine import with_timeout
+from turnrl.rewards import RewardFunction, score_groups
+from turnrl.rewards.combine import as_reward, with_timeout
 from turnrl.training import rundir
 from turnrl.training.advantages import AdvantageEstimator
 from turnrl.training.algorithms import algorithm_for
 from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.checkpoint import (
-    apply_optim_settings,
     checkpoint_dir,
     latest_checkpoint,
-    load_checkpoint,
     save_checkpoint,
     saved_reference,
     step_of,
@@ -62,16 +60,17 @@ from turnrl.training.distributed import (
     shutdown,
 )
 from turnrl.training.errors import NonFiniteError, TrainingInterrupted
+from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
 from turnrl.training.groups import check_failures, filter_groups
-from turnrl.training.lora import is_peft_model, merged_copy
-from turnrl.training.models import build_models
+from turnrl.training.models import build_models, save_pretrained
+from turnrl.training.optim import make_optimization
 from turnrl.training.perf import StepClock
-from turnrl.training.resume import check_resume_config, find_checkpoint
+from turnrl.training.resume import resume_run
 from turnrl.training.rollout import check_environment, check_scenarios, collect, rollout_metrics
 from turnrl.training.rundir import RunLock
 from turnrl.training.signals import StopSignals
-from turnrl.training.update import estimate, make_optimization, policy_update, score_batch
+from turnrl.training.update import policy_update, score_batch
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 log = structlog.get_logger(__name__)
@@ -168,7 +167,7 @@ class Trainer:
         if rollout.env_timeout_s is not None:
             env = Timeout(env, rollout.env_timeout_s)
         self.env = TurnLimit(env, rollout.max_turns) if rollout.max_turns is not None else env
-        self.rewards = with_timeout(_as_reward(rewards), rollout.reward_timeout_s)
+        self.rewards = with_timeout(as_reward(rewards), rollout.reward_timeout_s)
         self.estimator = estimator or build_estimator(config.algorithm)
         self.optim = make_optimization(self.policy, config, self.value_model)
         self.sampling = self._configure_engine()
@@ -211,9 +210,7 @@ class Trainer:
             self.config.save(self.run_dir / "config.json")
         self.metrics: MetricsLogger | NullMetrics = NullMetrics()
         if self.dist.is_main:
-            wandb_run = init_wandb(
-                self.config.wandb, self.run_dir, self.config.model_dump()
-            )
+            wandb_run = init_wandb(self.config.wandb, self.run_dir, self.config.model_dump())
             self.metrics = MetricsLogger(
                 self.run_dir, wandb_run=wandb_run, append=self.resumed_from is not None
             )
@@ -267,7 +264,7 @@ class Trainer:
             checkpoint = self.save_checkpoint()
         self.metrics.close()
         if self.config.run.plot and self.dist.is_main:
-            self._plot()
+            try_plot_run(self.run_dir)
         signum = self._signals.received or signal.SIGTERM  # a rank told by another rank
         log.warning("stopped", step=self.step_count, checkpoint=str(checkpoint))
         raise TrainingInterrupted(signum, self.step_count, checkpoint)
@@ -305,7 +302,7 @@ class Trainer:
             self.save(self.run_dir / "final")
         self.metrics.close()
         if run.plot and self.dist.is_main:
-            self._plot()
+            try_plot_run(self.run_dir)
         summary = {
             "eval_before": eval_before,
             "eval_after": eval_after,
@@ -389,13 +386,6 @@ class Trainer:
                 f"step {self.step_count - self._nonfinite_streak}. Lower optim.lr, check the "
                 "rewards for NaN/inf, or use precision='fp32'"
             )
-
-    def _plot(self) -> None:
-        """Draw metrics.png; a missing matplotlib or a plotting error never fails the run."""
-        try:
-            plot_run(self.run_dir)
-        except Exception as e:  # the run is done and saved; the picture is a bonus
-            log.warning("plot_skipped", reason=f"{type(e).__name__}: {e}")
 
     def _sync_weights(self) -> None:
         """Hand the updated policy to the engine as version ``step_count``.
@@ -496,35 +486,19 @@ class Trainer:
         self._rng.setstate(state["order_rng"])
 
     def _resume(self, resume: bool | str | Path, *, force: bool) -> Path:
-        """Load a checkpoint after checking the run directory and the config against it.
-
-        Metrics logged after the checkpoint (by the run that went on past it) are
-        dropped; the run's ``config.json`` becomes the config in force, and
-        ``config_history.jsonl`` records what changed.
-        """
-        path = find_checkpoint(self.run_dir, resume)
-        abandoned = []
-        if self.dist.is_main:
-            abandoned = rundir.check_resume_target(
-                self.run_dir, path, overwrite=self.config.run.overwrite
-            )
-        changes, refused = check_resume_config(path, self.config, force=force)
-        self.load_state_dict(load_checkpoint(path, self.models, self.optim))
+        """Restore a checkpoint (see :func:`~turnrl.training.resume.resume_run`) and sync it."""
+        path, state = resume_run(
+            self.run_dir,
+            resume,
+            self.config,
+            self.models,
+            self.optim,
+            is_main=self.dist.is_main,
+            force=force,
+        )
+        self.load_state_dict(state)
         self._reference_file = saved_reference(path, self.models)
-        step = self.step_count
-        self.agent.engine.update_weights(self.policy.state_dict(), step)  # base weights too
-        if refused:  # the optimizer state brought back the old lr, betas and weight decay
-            apply_optim_settings(
-                self.optim, make_optimization(self.policy, self.config, self.value_model)
-            )
-        if self.dist.is_main:
-            rundir.record_resume(
-                self.run_dir, path, step, changes, forced=bool(refused), abandoned=abandoned
-            )
-            self.config.save(self.run_dir / "config.json")
-        if "run.max_steps" in changes and self.config.optim.min_lr_ratio < 1:
-            log.warning("lr_schedule_changed", effect="the cosine decay spans the new max_steps")
-        log.info("resumed", step=step, checkpoint=str(path), changed=sorted(changes) or None)
+        self.agent.engine.update_weights(self.policy.state_dict(), self.step_count)  # all weights
         return path
 
     def save(self, path: str | Path, *, merge: bool = False) -> Path:
@@ -536,13 +510,8 @@ class Trainer:
         processes only rank 0 writes.
         """
         path = Path(path)
-        if not self.dist.is_main:
-            return path
-        model = merged_copy(self.policy) if merge and is_peft_model(self.policy) else self.policy
-        model.save_pretrained(path)
-        self.agent.tokenizer.save_pretrained(path)
-        if self.value_model is not None:
-            self.value_model.save(path)
+        if self.dist.is_main:
+            save_pretrained(self.models, self.agent.tokenizer, path, merge=merge)
         return path
 
     def _next_scenarios(self) -> list[Scenario]:
@@ -554,9 +523,6 @@ class Trainer:
                 self._rng.shuffle(self._order)
             picked.append(self.scenarios[self._order.pop()])
         return shard(picked, self.dist) if self.dist.enabled else picked
-
-    def _generated_tokens(self) -> int:
-        return self.agent.engine.stats.generated_tokens
 
 
 def _check_context(max_context: int | None, max_new_tokens: int) -> None:
@@ -573,11 +539,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _as_reward(rewards: Rewards) -> RewardFunction | None:
-    if rewards is None or isinstance(rewards, RewardFunction):
-        return rewards
-    if isinstance(rewards, Mapping) or callable(rewards):
-        return combine(rewards)
-    return combine(*rewards)
