@@ -28,8 +28,9 @@ from turnrl.cli.demo import demo_scenarios
 from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations
 from turnrl.environments.tasks.arithmetic import RETRY_TEXT
 from turnrl.training.config import TrainingConfig
+from turnrl.training.distributed import seed_everything
 from turnrl.training.sft import supervised_warmstart
-from turnrl.training.trainer import Trainer, seed_everything
+from turnrl.training.trainer import Trainer
 from turnrl.types import Scenario, assistant, user
 
 

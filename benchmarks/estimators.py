@@ -31,8 +31,9 @@ from turnrl.agents.transformers import TransformersAgent
 from turnrl.cli.demo import demo_scenarios
 from turnrl.environments.tasks import ArithmeticEnvironment, demonstrations
 from turnrl.training.config import TrainingConfig
+from turnrl.training.distributed import seed_everything
 from turnrl.training.sft import supervised_warmstart
-from turnrl.training.trainer import Trainer, seed_everything
+from turnrl.training.trainer import Trainer
 
 HERE = Path(__file__).parent
 

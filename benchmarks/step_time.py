@@ -23,7 +23,8 @@ from turnrl.agents.transformers import TransformersAgent
 from turnrl.cli.demo import demo_config, demo_scenarios
 from turnrl.environments.tasks import ArithmeticEnvironment
 from turnrl.rewards import regex_format
-from turnrl.training.trainer import Trainer, seed_everything
+from turnrl.training.distributed import seed_everything
+from turnrl.training.trainer import Trainer
 
 
 async def main(args: argparse.Namespace) -> None:

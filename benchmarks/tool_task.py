@@ -49,8 +49,9 @@ from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks.calculator import calculator_env, demonstrations, make_scenarios
 from turnrl.tools.calls import CompactParser, HermesParser
 from turnrl.training.config import TrainingConfig
+from turnrl.training.distributed import seed_everything
 from turnrl.training.sft import supervised_warmstart
-from turnrl.training.trainer import Trainer, seed_everything
+from turnrl.training.trainer import Trainer
 
 PARSERS = {"compact": CompactParser, "hermes": HermesParser}
 

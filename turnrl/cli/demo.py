@@ -55,8 +55,8 @@ from turnrl.cli.experiment import ExperimentConfig, load_experiment
 from turnrl.cli.train import run_experiment
 from turnrl.logging import configure_logging
 from turnrl.training.config import TrainingConfig
+from turnrl.training.distributed import seed_everything
 from turnrl.training.rundir import preflight
-from turnrl.training.trainer import seed_everything
 from turnrl.types import Scenario
 
 DEMO_FILE = Path(__file__).with_name("demo.yaml")

@@ -329,9 +329,11 @@ def _apply(trajectory: Trajectory, result: RewardResult, name: str | None) -> di
     return trajectory.reward_components
 
 
-def as_reward(
-    rewards: RewardFunction | Sequence[Any] | Mapping[Any, float] | None,
-) -> RewardFunction | None:
+RewardsArg = RewardFunction | Sequence[Any] | Mapping[Any, float] | None
+"""What ``Trainer(rewards=...)`` takes: see :func:`as_reward`."""
+
+
+def as_reward(rewards: RewardsArg) -> RewardFunction | None:
     """A RewardFunction from what ``Trainer(rewards=...)`` accepts.
 
     A RewardFunction or None as it is; a function or a ``{function: weight}``

@@ -5,7 +5,11 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import structlog
+
 from turnrl.training.checkpoint import CheckpointError
+
+log = structlog.get_logger(__name__)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -37,3 +41,26 @@ class RolloutFailureError(RuntimeError):
 
 class NonFiniteError(FloatingPointError):
     """The loss or gradients stayed non-finite for several steps in a row."""
+
+
+class NonFiniteStreak:
+    """Counts updates skipped for a non-finite gradient; ``limit`` in a row stop the run."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+
+    def update(self, skipped: bool, step: int) -> None:
+        """Record whether ``step``'s update was skipped.
+
+        Raises:
+            NonFiniteError: The ``limit``-th skipped update in a row.
+        """
+        self.count = self.count + 1 if skipped else 0
+        if skipped:
+            log.warning("nonfinite_gradient", step=step, action="update skipped")
+        if self.count >= self.limit:
+            raise NonFiniteError(
+                f"{self.count} steps in a row (up to step {step}) had a non-finite loss or "
+                f"gradient and were skipped; the weights are those of step {step - self.count}. "
+                "Lower optim.lr, check the rewards for NaN/inf, or use precision='fp32'"
+            )

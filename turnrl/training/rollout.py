@@ -33,19 +33,24 @@ that report them.
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
 from turnrl.agents.base import Agent
-from turnrl.agents.inference import ContextOverflowError, SamplingParams
+from turnrl.agents.inference import ContextOverflowError, InferenceEngine, SamplingParams
 from turnrl.environments.base import Environment, checked_reset, checked_step
+from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.scores import mean, std
 from turnrl.tools import tool_schemas
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, flatten
 from turnrl.watchdog import watch_event_loop
+
+if TYPE_CHECKING:
+    from turnrl.training.config import GenerationSettings, RolloutConfig
 
 log = structlog.get_logger(__name__)
 
@@ -289,3 +294,62 @@ def _jsonable(info: Any) -> dict[str, Any]:
     if not isinstance(info, dict):
         return {}
     return {k: v for k, v in info.items() if isinstance(v, str | int | float | bool | type(None))}
+
+
+class ScenarioOrder:
+    """Training scenarios B at a time, walking through shuffled epochs of the set.
+
+    Its state (the rest of the epoch and the shuffling generator) is part of a
+    checkpoint, so a resumed run draws the scenarios the uninterrupted one would.
+    """
+
+    def __init__(self, scenarios: Sequence[Scenario], seed: int) -> None:
+        self.scenarios = list(scenarios)
+        self._order: list[int] = []
+        self._rng = random.Random(seed)
+
+    def take(self, count: int) -> list[Scenario]:
+        """The next ``count`` scenarios (a new shuffled epoch starts when one runs out)."""
+        picked = []
+        for _ in range(count):
+            if not self._order:
+                self._order = list(range(len(self.scenarios)))
+                self._rng.shuffle(self._order)
+            picked.append(self.scenarios[self._order.pop()])
+        return picked
+
+    def state_dict(self) -> dict[str, Any]:
+        """``order`` (the rest of the epoch) and ``order_rng`` (a ``random.Random`` state)."""
+        return {"order": list(self._order), "order_rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._order = list(state["order"])
+        self._rng.setstate(state["order_rng"])
+
+
+def configure_engine(engine: InferenceEngine, generation: GenerationSettings) -> SamplingParams:
+    """Apply a run's ``generation`` settings to ``engine``; the rollouts' sampling settings.
+
+    Raises:
+        ValueError: ``max_new_tokens`` leaves no room for a prompt in the model's context.
+    """
+    context, new = engine.max_context, generation.max_new_tokens
+    if context is not None and new >= context:
+        raise ValueError(
+            f"generation.max_new_tokens={new} does not fit the model's context of "
+            f"{context} tokens, which also holds the prompt; set it well below {context}"
+        )
+    engine.configure(
+        max_batch_size=generation.max_batch_size,
+        reuse_kv_cache=generation.reuse_kv_cache,
+        weights=generation.weights,
+    )
+    return SamplingParams(new, generation.temperature, generation.top_p)
+
+
+def with_limits(env: Environment, rollout: RolloutConfig) -> Environment:
+    """``env`` under the run's ``rollout.env_timeout_s`` and ``rollout.max_turns`` wrappers."""
+    if rollout.env_timeout_s is not None:
+        env = Timeout(env, rollout.env_timeout_s)
+    return TurnLimit(env, rollout.max_turns) if rollout.max_turns is not None else env

@@ -1,81 +1,68 @@
 """The training loop: collect -> score -> build -> estimate -> update -> sync -> log.
 
-``Trainer(agent, env, rewards, config)`` owns the optimizer, the frozen
-reference model and the run directory; ``await trainer.train()`` runs
-``config.run.max_steps`` steps with evaluation on held-out scenarios before,
-every ``config.eval.every`` steps, and after training. Each step's numbers go
-to ``metrics.jsonl``; the final policy is saved with ``save_pretrained``.
-
-Where each step of :meth:`Trainer.step` lives: collect in :mod:`.rollout`,
-score in :mod:`turnrl.rewards` (and :mod:`.groups`, which groups are kept),
-build and the no-gradient forward passes in :mod:`.batch` and
-:mod:`.scoring`, estimate in :mod:`.estimate`, update in :mod:`.update`, sync
-through the agent's :class:`~turnrl.agents.inference.InferenceEngine`, log in
-:mod:`turnrl.logging`. The models come from :mod:`.models`, checkpoints from
-:mod:`.checkpoint` and :mod:`.resume`. A first SIGINT/SIGTERM lets the current
-step finish, writes a checkpoint and raises :class:`TrainingInterrupted`
-(see :mod:`.signals`, :mod:`.rundir`).
+Each step of :meth:`Trainer.step` lives in a module named for it: collect in
+:mod:`.rollout`, score in :mod:`turnrl.rewards` and :mod:`.groups`, build in
+:mod:`.batch` (with the no-gradient forward passes of :func:`.update.score_batch`),
+estimate in :mod:`.estimate`, update in :mod:`.update`, sync through the agent's
+:class:`~turnrl.agents.inference.InferenceEngine`, log in :mod:`turnrl.logging`.
+The models come from :mod:`.models`; the run directory, checkpoints and resume
+from :mod:`.run_files`; a first SIGINT/SIGTERM ends the run after the step in
+flight with a checkpoint (:mod:`.signals`).
 """
 
 from __future__ import annotations
 
-import random
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 import torch
 
 from turnrl.agents.base import TrainableAgent
-from turnrl.agents.inference import SamplingParams
 from turnrl.environments.base import Environment
-from turnrl.environments.wrappers import Timeout, TurnLimit
-from turnrl.logging import MetricsLogger, NullMetrics, ensure_logging, init_wandb
-from turnrl.plots import try_plot_run
+from turnrl.logging import ensure_logging
 from turnrl.progress import Progress
-from turnrl.rewards import RewardFunction, score_groups
-from turnrl.rewards.combine import as_reward, with_timeout
-from turnrl.training import rundir
+from turnrl.rewards import score_groups
+from turnrl.rewards.combine import RewardsArg, as_reward, with_timeout
 from turnrl.training.advantages import AdvantageEstimator
-from turnrl.training.algorithms import algorithm_for
+from turnrl.training.algorithms import algorithm_for, check_custom_estimator
 from turnrl.training.batch import RolloutBatch, build_batch
-from turnrl.training.checkpoint import (
-    checkpoint_dir,
-    latest_checkpoint,
-    save_checkpoint,
-    saved_reference,
-    step_of,
-)
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import (
     all_agree,
     context_from_env,
     init_process_group,
     mean_metrics,
+    seed_everything,
     shard,
     shutdown,
 )
-from turnrl.training.errors import NonFiniteError, TrainingInterrupted
+from turnrl.training.errors import NonFiniteStreak, TrainingInterrupted
 from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
+from turnrl.training.evaluation import play_and_score
 from turnrl.training.groups import check_failures, filter_groups
 from turnrl.training.models import build_models, save_pretrained
 from turnrl.training.optim import make_optimization
 from turnrl.training.perf import StepClock
-from turnrl.training.resume import resume_run
-from turnrl.training.rollout import check_environment, check_scenarios, collect, rollout_metrics
-from turnrl.training.rundir import RunLock
+from turnrl.training.rollout import (
+    ScenarioOrder,
+    check_environment,
+    check_scenarios,
+    collect,
+    configure_engine,
+    rollout_metrics,
+    with_limits,
+)
+from turnrl.training.run_files import RunFiles
 from turnrl.training.signals import StopSignals
 from turnrl.training.update import policy_update, score_batch
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 log = structlog.get_logger(__name__)
-
-Rewards = RewardFunction | Sequence[Callable] | Mapping[Callable, float] | None
 
 
 class Trainer:
@@ -101,10 +88,9 @@ class Trainer:
             group size, beta, estimator, seed, model...) differ from the
             checkpoint's; the new values apply from the checkpoint's step on.
 
-    The run directory is held for the Trainer's life (until :meth:`close`,
-    which :meth:`train` calls): a second Trainer on it fails with the holder's
-    pid. A directory that already holds files is refused unless resuming or
-    ``config.run.overwrite`` is set (which removes the old run's files).
+    The run directory is locked until :meth:`close` (which :meth:`train`
+    calls); one that holds files is refused unless resuming or with
+    ``config.run.overwrite`` (which removes the old run's files).
 
     Raises:
         ValueError: No scenarios to train on, an estimator that cannot be
@@ -119,7 +105,7 @@ class Trainer:
         self,
         agent: TrainableAgent,
         env: Environment,
-        rewards: Rewards = None,
+        rewards: RewardsArg = None,
         config: TrainingConfig | None = None,
         *,
         scenarios: Sequence[Scenario] | None = None,
@@ -139,12 +125,8 @@ class Trainer:
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)
-        if estimator is not None and not algorithm.takes_custom_estimator:
-            raise ValueError(
-                f"estimator=... replaces the advantage estimator of a PPO-clip loss; "
-                f"{config.algorithm.estimator!r} has its own loss, so set "
-                "config.algorithm.estimator to another kind (e.g. 'grpo')"
-            )
+        if estimator is not None:
+            check_custom_estimator(config.algorithm)
         self.dist = context_from_env()
         self._owns_group = self.dist.enabled and not torch.distributed.is_initialized()
         device = init_process_group(self.dist)
@@ -163,57 +145,23 @@ class Trainer:
             shard(range(config.rollout.scenarios_per_step), self.dist)  # B % world == 0
         if config.optim.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("optim.precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
-        rollout = config.rollout
-        if rollout.env_timeout_s is not None:
-            env = Timeout(env, rollout.env_timeout_s)
-        self.env = TurnLimit(env, rollout.max_turns) if rollout.max_turns is not None else env
-        self.rewards = with_timeout(as_reward(rewards), rollout.reward_timeout_s)
+        self.env = with_limits(env, config.rollout)
+        self.rewards = with_timeout(as_reward(rewards), config.rollout.reward_timeout_s)
         self.estimator = estimator or build_estimator(config.algorithm)
         self.optim = make_optimization(self.policy, config, self.value_model)
-        self.sampling = self._configure_engine()
-        self.run_dir = Path(config.run.output_dir)
+        self.sampling = configure_engine(agent.engine, config.generation)
         self.step_count = 0
         self.progress = Progress(0, enabled=False)  # train() draws the real one
-        self._nonfinite_streak = 0
-        self._order: list[int] = []
-        self._rng = random.Random(config.run.seed)
-        self._reference_file: Path | None = None  # the run's saved reference weights
+        self._nonfinite = NonFiniteStreak(config.optim.max_nonfinite_steps)
+        self.order = ScenarioOrder(self.scenarios, config.run.seed)
         self._signals = StopSignals()
-        self.resumed_from: Path | None = None
-        self._lock = RunLock(self.run_dir)
-        try:
-            self._open_run_dir(resume, force_resume)
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _configure_engine(self) -> SamplingParams:
-        """Apply ``config.generation`` to the agent's engine; the rollouts' sampling settings."""
-        gen = self.config.generation
-        _check_context(self.agent.engine.max_context, gen.max_new_tokens)
-        self.agent.engine.configure(
-            max_batch_size=gen.max_batch_size,
-            reuse_kv_cache=gen.reuse_kv_cache,
-            weights=gen.weights,
-        )
-        return SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p)
-
-    def _open_run_dir(self, resume: bool | str | Path, force_resume: bool) -> None:
-        """Lock the run directory, then resume from it or claim it fresh; open the metrics."""
-        if self.dist.is_main:  # only rank 0 writes
-            self._lock.acquire()
-            rundir.clean_stale_temps(checkpoint_dir(self.run_dir))
-        if resume:
-            self.resumed_from = self._resume(resume, force=force_resume)
-        elif self.dist.is_main:
-            rundir.claim_fresh(self.run_dir, overwrite=self.config.run.overwrite)
-            self.config.save(self.run_dir / "config.json")
-        self.metrics: MetricsLogger | NullMetrics = NullMetrics()
-        if self.dist.is_main:
-            wandb_run = init_wandb(self.config.wandb, self.run_dir, self.config.model_dump())
-            self.metrics = MetricsLogger(
-                self.run_dir, wandb_run=wandb_run, append=self.resumed_from is not None
-            )
+        self.files = RunFiles(config, is_main=self.dist.is_main)
+        self.run_dir = self.files.path
+        state = self.files.open(resume, self.models, self.optim, force_resume=force_resume)
+        self.metrics, self.resumed_from = self.files.metrics, self.files.resumed_from
+        if state is not None:
+            self.load_state_dict(state)
+            self.agent.engine.update_weights(self.policy.state_dict(), self.step_count)
 
     async def train(self) -> dict[str, Any]:
         """Run the configured number of steps.
@@ -227,7 +175,7 @@ class Trainer:
                 the step in flight, with a checkpoint of it (resume from there).
         """
         if self.resumed_from is None:
-            # Ranks sample differently; the scenario order (self._rng) is shared.
+            # Ranks sample differently; the scenario order (self.order) is shared.
             seed_everything(self.config.run.seed + self.dist.rank)
         finished = False
         try:
@@ -246,7 +194,7 @@ class Trainer:
         can abort at exit. ``wait_for_others=False`` skips the barrier (after an error,
         when other ranks may never reach it).
         """
-        self._lock.release()
+        self.files.release()
         if self._owns_group:
             shutdown(wait_for_others=wait_for_others)
             self._owns_group = False
@@ -259,12 +207,8 @@ class Trainer:
 
     def _stop(self) -> None:
         """Checkpoint this step (unless just written), draw the plot, raise TrainingInterrupted."""
-        checkpoint = latest_checkpoint(self.run_dir) if self.dist.is_main else None
-        if self.dist.is_main and (checkpoint is None or step_of(checkpoint) != self.step_count):
-            checkpoint = self.save_checkpoint()
-        self.metrics.close()
-        if self.config.run.plot and self.dist.is_main:
-            try_plot_run(self.run_dir)
+        checkpoint = self.files.checkpoint_of(self.step_count) or self.save_checkpoint()
+        self.files.finish()
         signum = self._signals.received or signal.SIGTERM  # a rank told by another rank
         log.warning("stopped", step=self.step_count, checkpoint=str(checkpoint))
         raise TrainingInterrupted(signum, self.step_count, checkpoint)
@@ -300,9 +244,7 @@ class Trainer:
             self._stop()
         if run.save_final:
             self.save(self.run_dir / "final")
-        self.metrics.close()
-        if run.plot and self.dist.is_main:
-            try_plot_run(self.run_dir)
+        self.files.finish()
         summary = {
             "eval_before": eval_before,
             "eval_after": eval_after,
@@ -328,7 +270,7 @@ class Trainer:
             batch = self.prepare_batch(kept)
             batch, estimated = estimate(batch, self.estimator, self.config, self.dist)
             metrics |= estimated | self._update(batch)
-            self._check_nonfinite(metrics)
+            self._nonfinite.update(bool(metrics["train/skipped_nonfinite"]), self.step_count)
         else:
             log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
         self._sync_weights()
@@ -373,20 +315,6 @@ class Trainer:
             on_micro_batch=lambda done, total: self.progress.phase("update", done, total),
         )
 
-    def _check_nonfinite(self, metrics: dict[str, Any]) -> None:
-        """Count updates skipped for a non-finite gradient; too many in a row stop the run."""
-        skipped = bool(metrics["train/skipped_nonfinite"])
-        self._nonfinite_streak = self._nonfinite_streak + 1 if skipped else 0
-        if skipped:
-            log.warning("nonfinite_gradient", step=self.step_count, action="update skipped")
-        if self._nonfinite_streak >= self.config.optim.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{self._nonfinite_streak} steps in a row (up to step {self.step_count}) had "
-                "a non-finite loss or gradient and were skipped; the weights are those of "
-                f"step {self.step_count - self._nonfinite_streak}. Lower optim.lr, check the "
-                "rewards for NaN/inf, or use precision='fp32'"
-            )
-
     def _sync_weights(self) -> None:
         """Hand the updated policy to the engine as version ``step_count``.
 
@@ -398,11 +326,12 @@ class Trainer:
 
     async def collect_groups(self) -> list[TrajectoryGroup]:
         """Roll out the next B training scenarios, G episodes each (no update)."""
+        scenarios = self.order.take(self.config.rollout.scenarios_per_step)
         try:
             return await collect(
                 self.agent,
                 self.env,
-                self._next_scenarios(),
+                shard(scenarios, self.dist) if self.dist.enabled else scenarios,
                 self.config.rollout.num_generations,
                 max_concurrency=self.config.rollout.max_concurrency,
                 seed=self.config.run.seed * 1_000_003 + self.step_count * 10_007,
@@ -421,29 +350,15 @@ class Trainer:
         the metrics are averaged over all episodes; ``eval_samples.jsonl``
         holds rank 0's share.
         """
-        scenarios = list(scenarios if scenarios is not None else self.eval_scenarios)
-        if not scenarios:
-            raise ValueError("no evaluation scenarios")
-        scenarios = scenarios[self.dist.rank :: self.dist.world_size]
-        ev = self.config.eval
-        greedy = ev.temperature == 0
-        sampling = SamplingParams(
-            self.sampling.max_new_tokens, ev.temperature, 1.0 if greedy else self.sampling.top_p
+        groups = await play_and_score(
+            self.agent,
+            self.env,
+            self.eval_scenarios if scenarios is None else scenarios,
+            self.rewards,
+            self.config,
+            self.dist,
+            on_episode=lambda done, total: self.progress.phase("eval", done, total),
         )
-        try:
-            groups = await collect(
-                self.agent,
-                self.env,
-                scenarios,
-                1 if greedy else ev.num_generations,
-                max_concurrency=self.config.rollout.max_concurrency,
-                seed=10**9 + self.config.run.seed,
-                sampling=sampling,
-                on_episode=lambda done, total: self.progress.phase("eval", done, total),
-            )
-        finally:
-            self.agent.engine.release_cache()
-        await score_groups(groups, self.rewards)
         if save_samples and self.dist.is_main:
             save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
             self.metrics.log_samples(self.step_count, flatten(groups), table="eval/samples")
@@ -452,19 +367,9 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write a resumable checkpoint of this step (rank 0; see :mod:`.checkpoint`)."""
-        if not self.dist.is_main:
-            return None
-        path = save_checkpoint(
-            self.run_dir,
-            self.models,
-            self.optim,
-            self.config,
-            self.state_dict(),
-            keep=self.config.run.keep_checkpoints,
-            reference_file=self._reference_file,
-        )
-        self._reference_file = saved_reference(path, self.models)
-        log.info("checkpoint_saved", step=self.step_count, path=str(path))
+        path = self.files.save_checkpoint(self.models, self.optim, self.state_dict())
+        if path is not None:
+            log.info("checkpoint_saved", step=self.step_count, path=str(path))
         return path
 
     def state_dict(self) -> dict[str, Any]:
@@ -473,33 +378,12 @@ class Trainer:
         The models, optimizer and random generators are saved beside it by
         :func:`~turnrl.training.checkpoint.save_checkpoint`.
         """
-        return {
-            "step": self.step_count,
-            "order": list(self._order),
-            "order_rng": self._rng.getstate(),
-        }
+        return {"step": self.step_count, **self.order.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.step_count = state["step"]
-        self._order = list(state["order"])
-        self._rng.setstate(state["order_rng"])
-
-    def _resume(self, resume: bool | str | Path, *, force: bool) -> Path:
-        """Restore a checkpoint (see :func:`~turnrl.training.resume.resume_run`) and sync it."""
-        path, state = resume_run(
-            self.run_dir,
-            resume,
-            self.config,
-            self.models,
-            self.optim,
-            is_main=self.dist.is_main,
-            force=force,
-        )
-        self.load_state_dict(state)
-        self._reference_file = saved_reference(path, self.models)
-        self.agent.engine.update_weights(self.policy.state_dict(), self.step_count)  # all weights
-        return path
+        self.order.load_state_dict(state)
 
     def save(self, path: str | Path, *, merge: bool = False) -> Path:
         """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
@@ -513,29 +397,3 @@ class Trainer:
         if self.dist.is_main:
             save_pretrained(self.models, self.agent.tokenizer, path, merge=merge)
         return path
-
-    def _next_scenarios(self) -> list[Scenario]:
-        """B scenarios, walking through shuffled epochs of the training set."""
-        picked = []
-        for _ in range(self.config.rollout.scenarios_per_step):
-            if not self._order:
-                self._order = list(range(len(self.scenarios)))
-                self._rng.shuffle(self._order)
-            picked.append(self.scenarios[self._order.pop()])
-        return shard(picked, self.dist) if self.dist.enabled else picked
-
-
-def _check_context(max_context: int | None, max_new_tokens: int) -> None:
-    """Refuse a ``max_new_tokens`` that leaves no room for a prompt in the model's context."""
-    if max_context is not None and max_new_tokens >= max_context:
-        raise ValueError(
-            f"generation.max_new_tokens={max_new_tokens} does not fit the model's context of "
-            f"{max_context} tokens, which also holds the prompt; set it well below {max_context}"
-        )
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
