@@ -22,22 +22,9 @@ Three phases, each reported on its own:
    demonstrations, pays for getting it right the first time. Then **eval
    after RL**.
 
-The task is ``a+b`` with ``a`` in 0..99 and ``b`` in 0..9: the units table is
-shared by every tens digit, so what RL teaches on the training questions
-carries over to the held-out ones instead of being memorized per question.
-
-Why a sloppy teacher: imitating correct demonstrations, the model's held-out
-reward jumps from below 0.1 to 0.6-0.8 somewhere between warm-start steps 200
-and 330 (a sharp transition whose position moves with the seed and the data),
-which leaves RL either no signal or little room; 120 GRPO steps from 0.65
-gained +0.13 (benchmarks/RESULTS.md, "Demo"). The teacher's habit is
-what imitation learns and what the reward corrects: RL's job here is to turn
-a policy that needs retries into one that answers right away, a multi-turn
-credit-assignment lesson, measured on questions it never trained on.
-
-Why 360 warm-start steps: the imitation has a knife edge whose place moves
-with the seed and with float rounding; 360 steps leave a margin past it
-(the measurements over seeds are in benchmarks/RESULTS.md).
+Why this task, this teacher and 480 warm-start steps: docs/design.md ("The
+built-in tasks and the demo"); the measurements over seeds are in
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

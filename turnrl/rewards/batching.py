@@ -3,27 +3,18 @@
 The trainer scores the groups of a step concurrently, one reward call per
 group (``score_groups``), and a model-based reward would run one forward pass
 per group. :class:`CallBatcher` gathers the items of concurrent calls and runs
-one ``fn(all_items)`` in a worker thread instead, the way the generation
-engine merges ``generate`` requests (``turnrl.agents.engine``): there is no
-background task; whichever caller finds the batcher idle lets the event loop
-run until no new call arrives, runs everything queued, and wakes the others.
-One batch runs at a time.
+one ``fn(all_items)`` in a worker thread instead, through the same
+:class:`~turnrl.coalesce.Coalescer` that merges the generation engine's
+requests: each call is one request, and a batch of calls is one ``fn`` call
+over their items, split back per call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
-
-@dataclass
-class _Request:
-    items: list[Any]
-    results: list[Any] | None = None
-    error: BaseException | None = None
+from turnrl.coalesce import Coalescer
 
 
 class CallBatcher:
@@ -43,58 +34,24 @@ class CallBatcher:
 
     def __init__(self, fn: Callable[[list[Any]], list[Any]], *, settle_rounds: int = 3) -> None:
         self.fn = fn
-        self.settle_rounds = settle_rounds
         self.calls = 0  # how many times fn ran (for tests and benchmarks)
-        self._pending: list[_Request] = []
-        self._busy = False
-        self._done = anyio.Event()
+        self._coalescer: Coalescer[list[Any], list[Any]] = Coalescer(
+            self._run, settle_rounds=settle_rounds
+        )
 
     async def __call__(self, items: Sequence[Any]) -> list[Any]:
         """``fn(items)``; raises what ``fn`` raised for the batch."""
-        request = _Request(list(items))
-        self._pending.append(request)
-        while request.results is None and request.error is None:
-            if self._busy:
-                await self._done.wait()
-                continue
-            self._busy = True
-            try:
-                await self._settle()
-                batch, self._pending = self._pending, []
-                await anyio.to_thread.run_sync(self._run, batch)
-            finally:
-                self._busy = False
-                done, self._done = self._done, anyio.Event()
-                done.set()
-        if request.error is not None:
-            raise request.error
-        assert request.results is not None
-        return request.results
+        return await self._coalescer(list(items))
 
-    async def _settle(self) -> None:
-        """Let concurrent callers queue their items (bounded, like the engine's)."""
-        quiet, seen = 0, -1
-        for _ in range(100 * self.settle_rounds):
-            await anyio.lowlevel.checkpoint()
-            quiet = quiet + 1 if len(self._pending) == seen else 0
-            seen = len(self._pending)
-            if quiet >= self.settle_rounds:
-                return
-
-    def _run(self, batch: list[_Request]) -> None:
-        items = [item for request in batch for item in request.items]
+    def _run(self, calls: list[list[Any]]) -> list[list[Any]]:
+        """One ``fn`` over every call's items, split back into one result list per call."""
+        items = [item for call in calls for item in call]
         self.calls += 1
-        try:
-            results = list(self.fn(items))
-            if len(results) != len(items):
-                raise ValueError(
-                    f"batched function returned {len(results)} results for {len(items)}"
-                )
-        except Exception as e:  # every waiter must hear about it
-            for request in batch:
-                request.error = e
-            return
-        start = 0
-        for request in batch:
-            request.results = results[start : start + len(request.items)]
-            start += len(request.items)
+        results = list(self.fn(items))
+        if len(results) != len(items):
+            raise ValueError(f"batched function returned {len(results)} results for {len(items)}")
+        out, start = [], 0
+        for call in calls:
+            out.append(results[start : start + len(call)])
+            start += len(call)
+        return out
