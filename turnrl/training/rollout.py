@@ -241,7 +241,7 @@ def check_environment(env: Any) -> Environment:
         "turnrl.environments.Environment and write `async def reset(self, *, seed=None, "
         "options=None)` returning (list[Message], dict) and `async def step(self, message)` "
         "returning StepResult(observation, reward, terminated, truncated, info); for a "
-        "Gymnasium env use turnrl.environments.gym.GymEnvironment"
+        "Gymnasium env use turnrl.environments.from_gym.GymEnvironment"
     )
 
 
