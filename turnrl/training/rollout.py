@@ -245,16 +245,20 @@ def check_environment(env: Any) -> Environment:
     )
 
 
-def check_scenarios(scenarios: Any, name: str = "scenarios") -> list[Scenario]:
+def check_scenarios(
+    scenarios: Any, name: str = "scenarios", *, required: bool = False
+) -> list[Scenario]:
     """``scenarios`` as a list of Scenario, or a ``TypeError`` saying how to build them.
 
     Args:
         scenarios: What the user passed (any iterable).
         name: The argument's name, for the message.
+        required: Refuse an empty list (training scenarios).
 
     Raises:
         TypeError: ``scenarios`` is a string or not iterable, or holds
             something other than :class:`~turnrl.types.Scenario` objects.
+        ValueError: ``required`` and there are none.
     """
     how = (
         "build them as Scenario(id='q1', prompt=[user('What is 2+2?')], data={'answer': '4'}) "
@@ -270,6 +274,11 @@ def check_scenarios(scenarios: Any, name: str = "scenarios") -> list[Scenario]:
             raise TypeError(
                 f"{name}[{i}] is a {type(item).__name__} ({shown}), not a Scenario; {how}"
             )
+    if required and not items:
+        raise ValueError(
+            "no training scenarios: pass scenarios=[...] to Trainer or give the environment "
+            "a non-empty `scenarios` list"
+        )
     return items
 
 

@@ -119,7 +119,7 @@ class Trainer:
         env = check_environment(env)
         if scenarios is None:
             scenarios = check_scenarios(env.scenarios, "env.scenarios")
-        self.scenarios = list(check_scenarios(scenarios))
+        self.scenarios = check_scenarios(scenarios, required=True)
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
         self.config = config = config or TrainingConfig.from_profile("balanced")
         if config.eval.max_scenarios is not None:
