@@ -257,8 +257,8 @@ def test_a_corrupt_checkpoint_is_named(
 @pytest.mark.parametrize(
     "error",
     [
-        "turnrl.training.trainer:RolloutFailureError",
-        "turnrl.training.trainer:NonFiniteError",
+        "turnrl.training.errors:RolloutFailureError",
+        "turnrl.training.errors:NonFiniteError",
         "builtins:PermissionError",
         "turnrl.environments.checker:EnvContractError",
         "turnrl.training.rundir:RunDirError",
