@@ -37,7 +37,7 @@ def test_estimator_paths_resolve_through_it(monkeypatch):
         calls.append(path)
         return import_object(path)
 
-    monkeypatch.setattr("turnrl.training.estimators.import_object", spy)
+    monkeypatch.setattr("turnrl.training.algorithms.import_object", spy)
     factory = estimator_factory("turnrl.training.advantages:make_rloo")
     assert calls == ["turnrl.training.advantages:make_rloo"] and factory.__name__ == "make_rloo"
     with pytest.raises(ValueError, match="estimator 'os:nope': cannot import 'nope' from 'os'"):

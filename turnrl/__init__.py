@@ -3,8 +3,9 @@
 The public API; see README.md for a tour and docs/design.md for the map.
 """
 
-from turnrl.agents.base import Agent
-from turnrl.agents.engine import GenerationEngine, SamplingParams
+from turnrl.agents.base import Agent, TrainableAgent
+from turnrl.agents.engine import GenerationEngine
+from turnrl.agents.inference import InferenceEngine, SamplingParams
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments import (
     ConversationEnvironment,
@@ -27,6 +28,7 @@ __all__ = [
     "ConversationEnvironment",
     "Environment",
     "GenerationEngine",
+    "InferenceEngine",
     "Message",
     "RewardFunction",
     "RewardResult",
@@ -35,6 +37,7 @@ __all__ = [
     "StepResult",
     "Tool",
     "ToolEnvironment",
+    "TrainableAgent",
     "Trainer",
     "TrainingConfig",
     "Trajectory",

@@ -320,3 +320,18 @@ def test_demo_refuses_a_used_directory_before_the_warm_start(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path), "--steps", "1"]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'
+
+
+def test_cli_demo_short_run(tmp_path, capsys):
+    code = main(["demo", "--steps", "1", "--warmstart-steps", "2", "--output", str(tmp_path / "d")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "held-out reward before RL" in out and "gain" in out
+    assert (tmp_path / "d" / "metrics.jsonl").exists()
+
+
+def test_cli_help_and_bad_arguments(capsys):
+    assert "demo" in build_parser().format_help()
+    assert main(["demo", "--steps", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["nonsense"])

@@ -9,9 +9,10 @@ has the same shape) can replace another without touching the training loop.
 Policy version. An integer naming the weights an engine samples from. It
 starts at 0 (the weights the engine was built with) and changes only through
 :meth:`InferenceEngine.update_weights`; the trainer passes its step count, so
-a completion of version ``v`` was sampled from the weights after ``v``
-optimizer steps. Every :class:`Completion` carries the version it was sampled
-under, and the agent copies it onto the :class:`~turnrl.types.Turn`.
+a completion of version ``v`` was sampled from the weights after ``v`` training
+steps (each may take several optimizer steps). Every :class:`Completion`
+carries the version it was sampled under, and the agent copies it onto the
+:class:`~turnrl.types.Turn`.
 
 Updating weights. ``update_weights(weights, version)`` may be called between
 batches, never while a request is in flight: the caller waits until every

@@ -9,7 +9,7 @@ refused with the key and both lines: YAML and JSON parsers keep the last value
 silently.
 
 Profiles are named starting points that differ in how hard each update
-pushes the policy (see :data:`PROFILES` and the README table):
+pushes the policy (see :data:`PROFILES` and the table in docs/configuration.md):
 
 - ``conservative``: small steps, a strong pull to the reference model.
 - ``balanced``: the defaults.

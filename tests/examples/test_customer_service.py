@@ -11,7 +11,7 @@ import turnrl
 from turnrl.environments.conversation import frozen_copy
 from turnrl.types import Trajectory, TrajectoryGroup, Turn, assistant, user
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "customer_service.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "customer_service.py"
 
 
 def load():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "tool_calling.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tool_calling.py"
 
 
 def load():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "frozen_lake.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "frozen_lake.py"
 
 
 def load():

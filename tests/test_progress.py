@@ -98,7 +98,7 @@ async def test_plot_is_drawn_at_the_end_and_a_plot_failure_does_not_fail_the_run
     def broken(run_dir):
         raise RuntimeError("no display")
 
-    monkeypatch.setattr("turnrl.training.trainer.plot_run", broken)
+    monkeypatch.setattr("turnrl.plots.plot_run", broken)
     cfg.run.output_dir = str(tmp_path / "r2")
     summary = await Trainer(tiny_agent, ArithmeticEnvironment(scenarios), None, cfg).train()
     assert summary["steps"] == 2
