@@ -133,6 +133,13 @@ def ppo_clip_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip on the micro-batch's advantages, aggregated over the step.
 
+    Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv
+    1707.06347. Departs from it: separate lower and upper clip ranges (DAPO's
+    clip-higher, Yu et al. 2025, arXiv 2503.14476); the ratio is per token; the
+    per-token losses are aggregated as ``loss_aggregation`` says (see
+    :mod:`turnrl.training.losses`); no value loss or entropy here (the caller
+    adds them, :func:`turnrl.training.objective.micro_batch_loss`).
+
     Args:
         logprobs: Shape (n, T), the current policy's log-probs of ``micro``.
         micro: With ``old_logprobs`` and ``advantages``.
