@@ -27,7 +27,7 @@ import turnrl
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.training.distributed import context_from_env, init_process_group, shutdown
-from turnrl.training.update import Optimization
+from turnrl.training.optim import Optimization
 from turnrl.types import TrajectoryGroup, load_jsonl
 
 

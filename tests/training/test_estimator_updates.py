@@ -15,12 +15,14 @@ from turnrl.environments.base import Environment, StepResult
 from turnrl.training.algorithms import ALGORITHMS
 from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.config import TrainingConfig
+from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
 from turnrl.training.gvpo import gvpo_loss, gvpo_weights
 from turnrl.training.logprobs import token_logprobs
+from turnrl.training.optim import Optimization
 from turnrl.training.rollout import run_episode
 from turnrl.training.trainer import Trainer
-from turnrl.training.update import Optimization, estimate, policy_update, score_batch
+from turnrl.training.update import logprobs_and_values, policy_update
 from turnrl.training.value import ValueModel
 from turnrl.types import Scenario, TrajectoryGroup, user
 
@@ -122,7 +124,7 @@ def one_update(cfg, micro_batch_size, batch):
         )
     params = list(policy.parameters()) + (list(value.parameters()) if value else [])
     before = [p.detach().clone() for p in params]
-    scored = score_batch(policy, ref, value, batch, cfg)
+    scored = logprobs_and_values(policy, ref, value, batch, cfg)
     estimated, _ = estimate(scored, build_estimator(cfg.algorithm), cfg)
     metrics = policy_update(policy, estimated, sgd(params), cfg, value_model=value)
     return [p.detach() - b for p, b in zip(params, before, strict=True)], metrics
@@ -241,7 +243,7 @@ def test_gvpo_with_reference_is_nontrivial_on_the_first_update():
     params = list(policy.parameters())
     for p, d in zip(params, deltas, strict=True):
         p.data += d
-    scored = score_batch(policy, ref, None, batch, cfg)
+    scored = logprobs_and_values(policy, ref, None, batch, cfg)
     estimated, _ = estimate(scored, ALGORITHMS["gvpo"].estimator(cfg.algorithm), cfg)
     second = policy_update(policy, estimated, sgd(params), cfg)
     assert abs(second["gvpo/implicit_reward_mean"]) > 1e-4
@@ -253,7 +255,7 @@ def test_num_iterations_and_minibatches_take_several_steps_with_clipping():
     )
     batch = synthetic_batch(small_model())
     policy = small_model()
-    scored = score_batch(policy, None, None, batch, cfg)
+    scored = logprobs_and_values(policy, None, None, batch, cfg)
     estimated, _ = estimate(scored, ALGORITHMS["grpo"].estimator(cfg.algorithm), cfg)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     optim = Optimization(
@@ -273,9 +275,9 @@ def test_ppo_estimators_refuse_groups_without_behavior_logprobs():
     model = small_model()
     batch = dataclasses.replace(synthetic_batch(model), has_behavior_logprobs=False)
     with pytest.raises(ValueError, match=r"uses a PPO ratio.*estimator=.gvpo."):
-        score_batch(model, None, None, batch, config(estimator="grpo"))
+        logprobs_and_values(model, None, None, batch, config(estimator="grpo"))
     # GVPO scores them under the current policy instead.
-    scored = score_batch(model, None, None, batch, config(estimator="gvpo", beta=0.5))
+    scored = logprobs_and_values(model, None, None, batch, config(estimator="gvpo", beta=0.5))
     with torch.no_grad():
         expected = token_logprobs(model, batch.input_ids, batch.attention_mask) * batch.loss_mask
     assert_close(scored.old_logprobs, expected)
@@ -330,7 +332,7 @@ async def test_gae_bootstraps_a_truncated_episode_from_its_real_next_state(
     estimator = ALGORITHMS["gae"].estimator(cfg.algorithm)
 
     def bootstrap_and_state_value():
-        scored = score_batch(policy, None, value, batch, cfg)
+        scored = logprobs_and_values(policy, None, value, batch, cfg)
         last = len(cut.turns[0].prompt_ids) + len(cut.turns[0].completion_ids) - 1
         assert scored.next_values[0] == 0
         # 'cut' bootstraps from the value of finish's turn-2 state, not its own values[last].

@@ -148,8 +148,8 @@ class Environment:
         """A fresh, independent instance for one episode.
 
         The default is a deep copy that shares the ``scenarios`` collection
-        (read-only task data, often thousands of items: copying it for every
-        episode once cost most of a rollout's time). Override this when the
+        (read-only task data, often thousands of items, which copying for every
+        episode would make the cost of a rollout). Override this when the
         environment holds something else that must be shared rather than
         copied (a model, an HTTP client) or cannot be copied at all. A clone's
         ``reset``/``step`` must not affect the original.

@@ -299,7 +299,7 @@ def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
             raise ValueError(
                 "the gae estimator bootstraps truncated episodes from the value of their next "
                 "state, and the batch has none: build it with build_batch(..., "
-                "encode=agent.encode) and score it with score_batch and a value model"
+                "encode=agent.encode) and score it with logprobs_and_values and a value model"
             )
         next_values = batch.next_values
         if next_values is None:  # no row bootstraps

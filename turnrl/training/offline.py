@@ -14,7 +14,7 @@ current policy.
 a replay buffer, human demonstrations, another model's outputs. GVPO (Zhang et
 al. 2025, arXiv 2504.19599) is derived for samples from any distribution, so
 it trains on such groups directly; estimators with a PPO ratio need the
-behavior log-probs and refuse them (see ``turnrl.training.update.score_batch``).
+behavior log-probs and refuse them (see ``turnrl.training.update.logprobs_and_values``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each step of :meth:`Trainer.step` lives in a module named for it: collect in
 :mod:`.rollout`, score in :mod:`turnrl.rewards` and :mod:`.groups`, build in
-:mod:`.batch` (with the no-gradient forward passes of :func:`.update.score_batch`),
+:mod:`.batch` (with the no-gradient forward passes of :func:`.update.logprobs_and_values`),
 estimate in :mod:`.estimate`, update in :mod:`.update`, sync through the agent's
 :class:`~turnrl.agents.inference.InferenceEngine`, log in :mod:`turnrl.logging`.
 The models come from :mod:`.models`; the run directory, checkpoints and resume
@@ -59,7 +59,7 @@ from turnrl.training.rollout import (
 )
 from turnrl.training.run_files import RunFiles
 from turnrl.training.signals import StopSignals
-from turnrl.training.update import policy_update, score_batch
+from turnrl.training.update import logprobs_and_values, policy_update
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 log = structlog.get_logger(__name__)
@@ -287,11 +287,8 @@ class Trainer:
         return metrics
 
     def prepare_batch(self, groups: Sequence[TrajectoryGroup]) -> RolloutBatch:
-        """The batch an update starts from, without updating.
-
-        ``groups`` tokenized, with the log-probs of the policy and the reference
-        and the critic's values (forward passes only, no gradient).
-        """
+        """``groups`` tokenized, with the policy's and the reference's log-probs and the
+        critic's values (forward passes without gradient): what an update starts from."""
         batch = build_batch(
             groups,
             pad_token_id=self.agent.tokenizer.pad_token_id,
@@ -299,7 +296,9 @@ class Trainer:
             # GAE bootstraps a truncated episode from the value of its real next state.
             encode=self.agent.encode if self.value_model is not None else None,
         )
-        return score_batch(self.policy, self.ref_model, self.value_model, batch, self.config)
+        return logprobs_and_values(
+            self.policy, self.ref_model, self.value_model, batch, self.config
+        )
 
     def _update(self, batch: RolloutBatch) -> dict[str, float]:
         """The optimizer steps on an estimated batch."""

@@ -2,7 +2,7 @@
 
 Three stages, each a function the Trainer calls in turn:
 
-1. :func:`score_batch` (no gradients): the log-probs of the policy before the
+1. :func:`logprobs_and_values` (no gradients): the log-probs of the policy before the
    update (the behavior log-probs when the batch has them), the reference
    model's log-probs, and the critic's values (of every prefix, and of each
    truncated episode's next state, GAE's bootstrap), a micro-batch at a time.
@@ -35,31 +35,15 @@ from turnrl.training.algorithms import ALGORITHMS, StepSizes, algorithm_for
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
-from turnrl.training.estimate import estimate
 from turnrl.training.logprobs import forward_tokens, unscored_prefix
 from turnrl.training.losses import masked_mean
 from turnrl.training.objective import Critic, micro_batch_loss, step_normalizer
 from turnrl.training.optim import (
     Optimization,
     autocast,
-    make_optimization,
     optimizer_step,
-    warmup_cosine,
 )
 from turnrl.training.value import ValueModel
-
-__all__ = [  # estimate and the optimizer's names are re-exported for modules importing them here
-    "Optimization",
-    "autocast",
-    "estimate",
-    "make_optimization",
-    "micro_batches",
-    "minibatches",
-    "next_state_values",
-    "policy_update",
-    "score_batch",
-    "warmup_cosine",
-]
 
 
 def micro_batches(batch: RolloutBatch, size: int, *, whole_groups: bool) -> list[torch.Tensor]:
@@ -109,7 +93,7 @@ def _group_rows(batch: RolloutBatch) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score_batch(
+def logprobs_and_values(
     policy: torch.nn.Module,
     ref_model: torch.nn.Module | None,
     value_model: ValueModel | None,
@@ -272,7 +256,7 @@ def policy_update(
     """
     algo, opt = config.algorithm, config.optim
     if batch.advantages is None or batch.old_logprobs is None:
-        raise ValueError("policy_update needs a batch from score_batch and estimate")
+        raise ValueError("policy_update needs a batch from logprobs_and_values and estimate")
     ctx = ctx or DistributedContext()
     forward_policy, forward_value = wrapped or (policy, value_model)
     critic = Critic(value_model, forward_value) if value_model is not None else None
