@@ -48,11 +48,11 @@ from turnrl.training.config import (
     PROFILES,
     ProfileName,
     TrainingConfig,
-    _deep_merge,
-    _describe,
-    _Section,
+    deep_merge,
+    describe_errors,
 )
 from turnrl.training.config_files import parse_yaml, read_config_file
+from turnrl.training.config_sections import Section
 from turnrl.training.estimators import check_estimator
 
 __all__ = [
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 
-class ObjectSpec(_Section):
+class ObjectSpec(Section):
     """An object named by import path, with keyword arguments."""
 
     target: str = Field(description="Import path 'package.module:Name'.")
@@ -80,7 +80,7 @@ class RewardSpec(ObjectSpec):
     weight: float = Field(1.0, description="Weight in the total reward (0: logged only).")
 
 
-class ScenarioSpec(_Section):
+class ScenarioSpec(Section):
     """Where the training and evaluation scenarios come from."""
 
     train: str | ObjectSpec = Field(
@@ -107,7 +107,7 @@ class ScenarioSpec(_Section):
     )
 
 
-class WarmstartSpec(_Section):
+class WarmstartSpec(Section):
     """Supervised steps on demonstrations before RL."""
 
     demonstrations: str | ObjectSpec = Field(
@@ -184,15 +184,15 @@ def load_experiment(
                 f"--set {key} is given twice ({given[key]!r} and {item!r}); give it once"
             )
         given[key] = item
-        data = _deep_merge(data, patch)
+        data = deep_merge(data, patch)
     name = profile or data.get("profile") or "balanced"
     if name not in PROFILES:
         raise ValueError(f"{source}: unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    merged = _deep_merge(_deep_merge({}, PROFILES[name]), {**data, "profile": name})
+    merged = deep_merge(deep_merge({}, PROFILES[name]), {**data, "profile": name})
     try:
         config = ExperimentConfig.model_validate(merged)
     except ValidationError as e:
-        raise ValueError(f"invalid {source}:\n{_describe(e)}") from None
+        raise ValueError(f"invalid {source}:\n{describe_errors(e)}") from None
     check_estimator(config.algorithm, source=source)
     return config
 

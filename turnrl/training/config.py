@@ -105,13 +105,13 @@ class TrainingConfig(Section):
         """
         if name not in PROFILES:
             raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-        data = _deep_merge({}, PROFILES[name])
+        data = deep_merge({}, PROFILES[name])
         for key, value in overrides.items():
             path = key.split("__")
             patch: Any = value.model_dump() if isinstance(value, BaseModel) else value
             for part in reversed(path):
                 patch = {part: patch}
-            data = _deep_merge(data, patch)
+            data = deep_merge(data, patch)
         source = f"profile {name!r}" + (" with overrides" if overrides else "")
         return cls.validate_data(data, source=source)
 
@@ -121,7 +121,7 @@ class TrainingConfig(Section):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ValueError(f"invalid {source}:\n{_describe(e)}") from None
+            raise ValueError(f"invalid {source}:\n{describe_errors(e)}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingConfig:
@@ -151,7 +151,7 @@ class TrainingConfig(Section):
                 raise ValueError(
                     f"{path}: unknown profile {profile!r}; choose one of {sorted(PROFILES)}"
                 )
-            data = _deep_merge(_deep_merge({}, PROFILES[profile]), data)
+            data = deep_merge(deep_merge({}, PROFILES[profile]), data)
         config = cls.validate_data(data, source=str(path))
         from turnrl.training.estimators import check_estimator  # it imports this module
 
@@ -182,17 +182,19 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``patch`` applied: nested mappings merge, other values replace."""
     out = dict(base)
     for key, value in patch.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def _describe(error: ValidationError) -> str:
+def describe_errors(error: ValidationError) -> str:
+    """One line per problem of a validation error: the dotted field and what is wrong."""
     lines = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
