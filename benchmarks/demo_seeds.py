@@ -50,10 +50,13 @@ def main() -> None:
     parser.add_argument("--output", default="runs/demo-seeds", help="run directories and logs")
     parser.add_argument("--jobs", type=int, default=1, help="demos at once (default: 1)")
     parser.add_argument("--steps", type=int, help="RL steps (default: the demo's)")
+    parser.add_argument("--warmstart-steps", type=int, help="warm-start steps (default: the demo's)")
     args = parser.parse_args()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     extra = ["--steps", str(args.steps)] if args.steps else []
+    if args.warmstart_steps:
+        extra += ["--warmstart-steps", str(args.warmstart_steps)]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda s: run_seed(s, output, extra), args.seeds))
     print("| seed | before RL | after RL | gain | wall time |")
