@@ -16,7 +16,10 @@ each, ``PYTHONPATH`` pointing at the tree), then compares, record by record:
     python benchmarks/same_behaviour.py --base HEAD~3 --full-demo # + the whole demo
 
 Exits 1 and names the first differing values when a case differs. Both sides
-run on this machine one after the other, so float arithmetic is the same.
+run on this machine one after the other, so float arithmetic is the same. A case
+that differs is run once more under the base: if the base does not reproduce
+itself, the case is reported as not reproducible instead (a comparison says
+nothing there).
 """
 
 from __future__ import annotations
@@ -176,6 +179,10 @@ def main() -> None:
             s_new = run_case(ROOT, case, work / "new" / name)
             problems, added = compare_run(work / "base" / name, work / "new" / name)
             verdict = "identical" if not problems else f"DIFFERS ({len(problems)})"
+            if problems:  # a control: does the base reproduce itself?
+                run_case(base_tree, case, work / "base-again" / name)
+                if compare_run(work / "base" / name, work / "base-again" / name)[0]:
+                    verdict = "NOT REPRODUCIBLE (the base differs from itself)"
             print(f"{name:14s} {verdict:16s} base {s_old:6.1f} s  new {s_new:6.1f} s", flush=True)
             for line in problems[:10]:
                 print(f"    {line}")
