@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--output", default="runs/demo-seeds", help="run directories and logs")
     parser.add_argument("--jobs", type=int, default=1, help="demos at once (default: 1)")
     parser.add_argument("--steps", type=int, help="RL steps (default: the demo's)")
-    parser.add_argument("--warmstart-steps", type=int, help="warm-start steps (default: the demo's)")
+    parser.add_argument(
+        "--warmstart-steps", type=int, help="warm-start steps (default: the demo's)"
+    )
     args = parser.parse_args()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
