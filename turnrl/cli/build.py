@@ -2,7 +2,9 @@
 
 :func:`build_experiment` turns an :class:`~turnrl.cli.experiment.ExperimentConfig`
 into an :class:`Experiment`, resolving every ``package.module:Name`` with
-:func:`turnrl.imports.import_object`. How each section is read:
+:func:`turnrl.imports.import_object`; :func:`build_environment` and
+:func:`build_rewards` build its parts without loading a model (``turnrl chat
+--env``). How each section is read:
 
 * The environment is built as ``target(scenarios=train, **args)`` when the file
   has a ``scenarios`` section, else as ``target(**args)`` and trained on its own
@@ -41,7 +43,14 @@ from turnrl.scenarios import load_scenarios, split_scenarios
 from turnrl.training.config import TrainingConfig
 from turnrl.types import Message, Scenario
 
-__all__ = ["Experiment", "build_experiment", "build_scenarios", "load_agent"]
+__all__ = [
+    "Experiment",
+    "build_environment",
+    "build_experiment",
+    "build_rewards",
+    "build_scenarios",
+    "load_agent",
+]
 
 
 class Experiment:
@@ -121,6 +130,25 @@ def build_experiment(
             not what its section needs, or scenarios that cannot be loaded.
         FileNotFoundError: The model path or a data file does not exist.
     """
+    env, train, held_out = build_environment(config)
+    rewards = build_rewards(config)
+    demos = _demonstrations(config.warmstart, train) if config.warmstart else []
+    if agent is None:
+        agent = load_agent(config)
+    return Experiment(config, agent, env, rewards, train, held_out, demos)
+
+
+def build_environment(
+    config: ExperimentConfig,
+) -> tuple[Environment, list[Scenario], list[Scenario]]:
+    """``(environment, train, held_out)``: the environment and the scenarios it plays.
+
+    Raises:
+        ValueError: An import path that does not resolve, an environment
+            target that does not build a turnrl Environment, or scenarios that
+            cannot be loaded.
+        FileNotFoundError: A data file does not exist.
+    """
     train, held_out = build_scenarios(config.scenarios)
     env_kwargs = dict(config.environment.args or {})
     if config.scenarios is not None:
@@ -141,11 +169,16 @@ def build_experiment(
         )
     if config.scenarios is None:
         train = list(getattr(env, "scenarios", ()))
-    rewards = {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
-    demos = _demonstrations(config.warmstart, train) if config.warmstart else []
-    if agent is None:
-        agent = load_agent(config)
-    return Experiment(config, agent, env, rewards, train, held_out, demos)
+    return env, train, held_out
+
+
+def build_rewards(config: ExperimentConfig) -> dict[RewardFunction, float]:
+    """``{reward function: weight}`` from the ``rewards`` section (empty without one).
+
+    Raises:
+        ValueError: An entry that does not resolve to a reward function.
+    """
+    return {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
 
 
 def load_agent(config: TrainingConfig) -> TransformersAgent:
