@@ -3,7 +3,8 @@
 ``turnrl COMMAND`` (or ``python -m turnrl.cli COMMAND``) parses its arguments
 in :mod:`turnrl.cli.main` and runs the ``command`` of one module per command:
 :mod:`~turnrl.cli.demo`, :mod:`~turnrl.cli.train`, :mod:`~turnrl.cli.evaluate`,
-:mod:`~turnrl.cli.report`, :mod:`~turnrl.cli.chat`, :mod:`~turnrl.cli.export`.
+:mod:`~turnrl.cli.report`, :mod:`~turnrl.cli.chat` (episodes played by
+:mod:`~turnrl.cli.play`), :mod:`~turnrl.cli.export`.
 Experiment files are read by :mod:`turnrl.cli.experiment` and built by
 :mod:`turnrl.cli.build`. The library (``turnrl.*`` outside this package) never
 imports it.

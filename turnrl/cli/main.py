@@ -8,7 +8,8 @@
   checkpoint (:mod:`turnrl.cli.evaluate`);
 - ``turnrl report RUN``: redraw a run's plot and print a summary table
   (:mod:`turnrl.cli.report`);
-- ``turnrl chat RUN``: talk to a trained policy in the terminal (:mod:`turnrl.cli.chat`);
+- ``turnrl chat RUN``: talk to a trained policy in the terminal, or with ``--env``
+  play an episode of an environment with it or in its place (:mod:`turnrl.cli.chat`);
 - ``turnrl export RUN OUT``: write the policy as a plain Hugging Face model
   (:mod:`turnrl.cli.export`).
 
@@ -146,14 +147,52 @@ def _add_report(commands: Any) -> None:
 def _add_chat(commands: Any) -> None:
     chat = commands.add_parser(
         "chat",
-        help="talk to a trained policy in the terminal",
+        help="talk to a trained policy, or play an episode of an environment with it",
         description="Load a policy (run directory, final/, checkpoint or model directory) and "
-        "chat with it: one line per message; /reset starts over, /quit leaves.",
+        "chat with it: one line per message; /reset starts over, /quit leaves. With --env, "
+        "play one episode of an experiment's environment instead, as training plays it: each "
+        "observation, reply, reward, terminated/truncated and info is printed, then the "
+        "episode's return and reward; with --human you type the policy's replies.",
     )
-    chat.add_argument("target", help="a run directory, its final/, a checkpoint or a model")
-    chat.add_argument("--system", help="a system message to start every conversation")
-    chat.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
-    chat.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    chat.add_argument(
+        "target", nargs="?", help="a run directory, its final/, a checkpoint or a model"
+    )
+    chat.add_argument(
+        "--env",
+        metavar="EXPERIMENT",
+        help="play one episode of this experiment file's environment (a run's config.json "
+        "works too)",
+    )
+    chat.add_argument(
+        "--scenario",
+        metavar="ID|INDEX",
+        help="with --env: the scenario to play, by id or by index into the held-out "
+        "scenarios (the training ones when none are held out); default: the first",
+    )
+    chat.add_argument(
+        "--human",
+        action="store_true",
+        help="with --env: type the agent's replies yourself (no model), to check an environment",
+    )
+    chat.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --env: override a setting of the experiment file (repeatable)",
+    )
+    chat.add_argument("--seed", type=int, help="with --env: the episode's seed (default: 0)")
+    chat.add_argument("--system", help="a system message to start every free conversation")
+    chat.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="reply length limit (default: the experiment's generation.max_new_tokens with "
+        "--env, else 64)",
+    )
+    chat.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature, 0 for greedy (default: the experiment's with --env, else 1)",
+    )
     chat.set_defaults(handler="turnrl.cli.chat:command")
 
 
