@@ -178,15 +178,100 @@ def test_package_docstring_points_inside_the_repository():
     assert (ROOT / "docs" / "design.md").is_file()
 
 
+def resolve(dotted: str) -> object:
+    """The object a dotted name such as ``turnrl.environments.TurnLimit`` names.
+
+    Raises:
+        AttributeError: A part that is neither an attribute nor a submodule.
+    """
+    parts = dotted.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], start=1):
+        if not hasattr(obj, part) and isinstance(obj, type(turnrl)):
+            with contextlib.suppress(ModuleNotFoundError):
+                importlib.import_module(".".join(parts[: i + 1]))
+        obj = getattr(obj, part)  # raises AttributeError, naming the missing part
+    return obj
+
+
+def is_public(module: object, name: str) -> bool:
+    """``name`` is part of ``module``'s API: in its ``__all__`` if it has one, else not private."""
+    if hasattr(module, "__path__") and importlib.util.find_spec(f"{module.__name__}.{name}"):
+        return True  # a submodule
+    exported = getattr(module, "__all__", None)
+    return name in exported if exported is not None else not name.startswith("_")
+
+
+def turnrl_references(code: str) -> list[tuple[str, bool]]:
+    """``(dotted name, must be public)`` for every turnrl name a snippet imports or uses.
+
+    ``from M import N`` gives ``M.N`` (public in M); ``turnrl.A.B`` written out gives
+    ``turnrl.A`` (public in turnrl) and ``turnrl.A.B`` (an attribute).
+    """
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "turnrl":
+            found += [(f"{node.module}.{alias.name}", True) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, False) for a in node.names if a.name.split(".")[0] == "turnrl"]
+    for chain in re.findall(r"(?<![\w.])turnrl(?:\.[A-Za-z_]\w*)+", code):
+        parts = chain.split(".")
+        found += [(".".join(parts[:2]), True), (chain, False)]
+    return found
+
+
 @pytest.mark.parametrize("block", blocks("python"))
-def test_python_names_are_public(block):
-    """``turnrl.NAME`` in a snippet is a submodule or in ``turnrl.__all__``."""
-    for name in set(re.findall(r"\bturnrl\.([A-Za-z_]\w*)", block.code)):
-        if importlib.util.find_spec(f"turnrl.{name}") is None:
-            assert name in turnrl.__all__, f"{block.name}: turnrl.{name} is not public"
-    for names in re.findall(r"^from turnrl import \(?([^)\n]+)", block.code, re.M):
-        for name in (n.strip() for n in names.split(",")):
-            assert not name or name in turnrl.__all__, f"{block.name}: {name} is not public"
+def test_python_names_import_from_where_the_snippet_says(block):
+    """Every turnrl name a snippet imports or spells out exists there, and is public."""
+    for dotted, public in turnrl_references(block.code):
+        try:
+            obj = resolve(dotted)
+        except (AttributeError, ModuleNotFoundError) as e:
+            pytest.fail(f"{block.name}: {dotted} does not exist ({e})")
+        module, _, name = dotted.rpartition(".")
+        if public and module:
+            assert obj is not None and is_public(importlib.import_module(module), name), (
+                f"{block.name}: {name} is not public in {module}"
+            )
+
+
+@pytest.mark.parametrize("block", blocks("python"))
+def test_python_block_defines_every_name_it_uses(block):
+    """A snippet runs as written: no name comes from an earlier block or nowhere.
+
+    Running a block finds an undefined name only on the lines it executes; this
+    reads all of them (ruff's F821, undefined name).
+    """
+    ruff = [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F821"]
+    done = subprocess.run(
+        [*ruff, "--output-format", "concise", "--stdin-filename", "snippet.py", "-"],
+        input=block.code,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, f"{block.name}: {done.stdout or done.stderr}"
+
+
+SPAN = re.compile(r"`([^`\n]+)`")
+# `Name(...)` (from `module`), `Name` (in `module`), `Name` in `module`
+HOME = re.compile(r"`([A-Za-z_]\w*)[^`]*`\s+\(?(?:from|in)\s+`(turnrl(?:\.\w+)*)`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_prose_names_import_from_where_the_docs_say(doc):
+    """``turnrl.x.Y`` in the prose exists, and so does `Y` "in/from `turnrl.x`"."""
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)  # prose only
+    for span in SPAN.findall(text):
+        dotted = re.match(r"turnrl(?:\.[A-Za-z_]\w*)+", span)
+        if dotted:
+            try:
+                resolve(dotted.group())
+            except (AttributeError, ModuleNotFoundError) as e:
+                pytest.fail(f"{doc.name}: `{span}` names nothing ({e})")
+    for name, module in HOME.findall(text):
+        assert is_public(importlib.import_module(module), name), (
+            f"{doc.name}: `{name}` is not public in {module}"
+        )
 
 
 # --- running the blocks --------------------------------------------------------------------

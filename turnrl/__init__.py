@@ -9,10 +9,13 @@ from turnrl.agents.inference import InferenceEngine, SamplingParams
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments import (
     ConversationEnvironment,
+    EnvContractError,
     Environment,
     StepResult,
+    Timeout,
     ToolEnvironment,
     TurnLimit,
+    Wrapper,
     check_env,
 )
 from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
@@ -26,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "ConversationEnvironment",
+    "EnvContractError",
     "Environment",
     "GenerationEngine",
     "InferenceEngine",
@@ -35,6 +39,7 @@ __all__ = [
     "SamplingParams",
     "Scenario",
     "StepResult",
+    "Timeout",
     "Tool",
     "ToolEnvironment",
     "TrainableAgent",
@@ -45,6 +50,7 @@ __all__ = [
     "TransformersAgent",
     "Turn",
     "TurnLimit",
+    "Wrapper",
     "check_env",
     "combine",
     "reward_function",

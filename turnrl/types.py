@@ -2,8 +2,9 @@
 
 These are pydantic models because they cross the edges of the program: users
 build them, environments return them, and trajectories are saved to and loaded
-from JSONL. Tensor bundles (``RolloutBatch``) are plain dataclasses instead and
-live in ``turnrl.training.batch``.
+from JSONL. ``StepResult``, what an environment's ``step`` returns, is a
+NamedTuple, so that it unpacks like Gymnasium's 5-tuple. Tensor bundles
+(``RolloutBatch``) are plain dataclasses and live in ``turnrl.training.batch``.
 
 Token in, token out: an assistant ``Turn`` keeps the exact token ids that were
 fed to the model (``prompt_ids``) and the exact ids it sampled
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,6 +80,42 @@ class Scenario(BaseModel):
     id: str
     prompt: list[Message] = Field(default_factory=list)
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepResult(NamedTuple):
+    """What ``Environment.step`` returns; unpacks like Gymnasium's 5-tuple.
+
+    ``terminated`` and ``truncated`` mean different things to the learner, which
+    is why they are never merged:
+
+    * ``terminated``: the task reached a terminal state (solved, failed for
+      good, the user left, or a limit that is one of the task's own rules ran
+      out: the last of five allowed guesses). Nothing follows, so the value of
+      the next state is 0 and advantage estimators must not bootstrap past it.
+    * ``truncated``: the episode was cut by a limit that is not part of the
+      task (a turn budget set from outside, time, tokens). The task could have
+      gone on, so GAE bootstraps from the value of the next state instead of
+      assuming 0.
+      Treating a truncation as a termination teaches the critic that the
+      state right before a limit is worthless, which biases the values.
+
+    Both may be False (the episode goes on); if both are True, ``terminated``
+    wins for bootstrapping.
+
+    Attributes:
+        observation: New messages to append after the assistant's message
+            (user, tool or system turns); ``[]`` is fine.
+        reward: The reward for the assistant's last message.
+        terminated: The task reached a terminal state: no bootstrapping.
+        truncated: The episode was cut by a limit: bootstrapping allowed.
+        info: Diagnostics (logged, and the last one kept on the trajectory).
+    """
+
+    observation: list[Message]
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
 
 
 class Turn(BaseModel):

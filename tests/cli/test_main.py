@@ -65,6 +65,7 @@ def test_dry_run_builds_everything_and_writes_nothing(tmp_path, capsys, monkeypa
     assert "dry run" in out and "one group" in out and "4 episodes" in out
     assert re.search(r"4 episodes, reward \d\.\d{3}, failed \d\.\d{3}, \d+ trained tokens", out)
     assert "16 train, 4 held out" in out and "numeric_match x0.5" in out
+    assert "check_env    passed; the probe episode ended terminated after 2 steps" in out
     assert not out_dir.exists()
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,14 +65,40 @@ class FakeAgent:
     ids=lambda env: type(env).__name__,
 )
 async def test_real_environments_pass(env):
-    await check_env(env)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an episode that ends warns of nothing
+        report = await check_env(env)
+    assert report.ended in ("terminated", "truncated")
+    assert str(report).startswith(f"check_env: {type(env).__name__} follows the contract")
 
 
 @pytest.mark.anyio
 async def test_steps_stop_at_max_steps_for_endless_envs():
     env = ConversationEnvironment(SCENARIOS, lambda c, s: "more")  # never ends
-    await check_env(env, max_steps=2)
+    with pytest.warns(UserWarning, match="did not end an episode within max_steps=2 steps"):
+        await check_env(env, max_steps=2)
     assert env._turns == 2  # the original's last episode stopped after 2 steps
+
+
+@pytest.mark.anyio
+async def test_an_episode_that_never_ends_is_reported_with_the_fix():
+    env = ConversationEnvironment(SCENARIOS, lambda c, s: "more")  # never ends
+    with pytest.warns(UserWarning) as caught:
+        report = await check_env(env)
+    message = str(caught[0].message)
+    assert "ConversationEnvironment did not end an episode within max_steps=8" in message
+    assert "terminated=True" in message and "TurnLimit(env, max_turns)" in message
+    assert (report.ended, report.steps) == (None, 8)
+    assert "had not ended after 8 steps" in str(report)
+
+
+@pytest.mark.anyio
+async def test_report_says_how_the_probe_episode_ended():
+    terminated = await check_env(Good())  # three steps, then terminated
+    assert (terminated.ended, terminated.steps, terminated.replayed) == ("terminated", 3, True)
+    assert "ended terminated after 3 steps" in str(terminated)
+    truncated = await check_env(TurnLimit(ConversationEnvironment(SCENARIOS, ["a"] * 9), 2))
+    assert (truncated.ended, truncated.steps) == ("truncated", 2)
 
 
 @pytest.mark.anyio
@@ -262,5 +289,6 @@ async def test_nondeterministic_env_skips_the_replay_comparison():
         async def reset(self, *, seed=None, options=None):
             return [user(f"episode {next(counter)}")], {}
 
-    await check_env(Varies())
+    report = await check_env(Varies())
     assert next(counter) == 2  # the reference and the clone's episode only
+    assert not report.replayed and "clone independence was not compared" in str(report)

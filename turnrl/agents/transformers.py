@@ -69,7 +69,11 @@ class TransformersAgent:
     Args:
         model: The causal LM (the policy that training updates).
         tokenizer: Its tokenizer; it must have a chat template.
-        sampling: Default sampling settings for :meth:`respond`.
+        sampling: Default sampling settings for :meth:`respond` (default:
+            ``SamplingParams()``). In training, the fields that
+            ``config.generation`` sets explicitly override these, and these
+            override the fields it leaves at their defaults (see
+            :mod:`turnrl.training.generation`).
         max_batch_size: Most concurrent requests merged into one ``generate``.
         reuse_kv_cache: Let the engine reuse the KV cache of earlier turns and
             prefill a prompt that several rows repeat once (see
@@ -101,7 +105,7 @@ class TransformersAgent:
             )
         self._model = model
         self.tokenizer = tokenizer
-        self.sampling = sampling or SamplingParams()
+        self._sampling = sampling
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
@@ -114,6 +118,20 @@ class TransformersAgent:
             reuse_kv_cache=reuse_kv_cache,
             weights=weights,
         )
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """Default sampling settings of :meth:`respond`."""
+        return self._sampling if self._sampling is not None else SamplingParams()
+
+    @sampling.setter
+    def sampling(self, sampling: SamplingParams | None) -> None:
+        self._sampling = sampling
+
+    @property
+    def sampling_is_explicit(self) -> bool:
+        """Whether :attr:`sampling` was passed or assigned, rather than the default."""
+        return self._sampling is not None
 
     @property
     def model(self) -> PreTrainedModel:

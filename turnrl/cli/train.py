@@ -22,11 +22,11 @@ from transformers.utils import logging as hf_logging
 
 from turnrl.cli.build import Experiment, build_experiment
 from turnrl.cli.experiment import load_experiment
-from turnrl.environments.checker import check_env
+from turnrl.environments.checker import EnvCheckReport, check_env
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted
-from turnrl.training.rollout import rollout_metrics
+from turnrl.training.rollout import rollout_metrics, with_limits
 from turnrl.training.rundir import check_usable, preflight
 from turnrl.training.trainer import Trainer
 
@@ -83,6 +83,7 @@ def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
         ("model", cfg.model.path or "embedded tiny model"),
         ("parameters", f"{result['parameters']:,} ({result['trainable']:,} trainable)"),
         ("environment", cfg.environment.target),
+        ("check_env", _env_check_line(result["env_check"])),
         (
             "scenarios",
             f"{len(experiment.train_scenarios)} train, {len(experiment.eval_scenarios)} held out",
@@ -126,6 +127,12 @@ def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
         print(f"    error: {sample.error}")
 
 
+def _env_check_line(report: EnvCheckReport) -> str:
+    if report.ended is None:
+        return f"passed, but the probe episode had not ended after {report.steps} steps"
+    return f"passed; the probe episode ended {report.ended} after {report.steps} steps"
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -141,12 +148,14 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
     is refused, and so is a ``max_new_tokens`` beyond the model's context.
 
     Returns:
+        ``env_check`` (the environment's :class:`EnvCheckReport`),
         ``trajectories`` (the group), ``metrics`` of the group, ``tokens`` in
         the batch, ``parameters`` of the policy and the ``rollout_s`` /
         ``forward_s`` timings.
     """
     check_usable(experiment.config.run.output_dir)
-    await check_env(experiment.env)
+    # Under the run's own limits: rollout.max_turns ends episodes the environment does not.
+    env_check = await check_env(with_limits(experiment.env, experiment.config.rollout))
     config = experiment.config.model_copy(deep=True)
     config.rollout.scenarios_per_step = 1
     with tempfile.TemporaryDirectory(prefix="turnrl-dry-run-") as tmp:
@@ -173,6 +182,7 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
             trainer.metrics.close()
             trainer.close()
     return {
+        "env_check": env_check,
         "trajectories": [t for g in groups for t in g.trajectories],
         "metrics": metrics,
         "tokens": tokens,

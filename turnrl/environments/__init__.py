@@ -8,7 +8,7 @@ live in ``turnrl.environments.tasks``.
 """
 
 from turnrl.environments.base import Environment, StepResult, scenario_from_options
-from turnrl.environments.checker import EnvContractError, check_env
+from turnrl.environments.checker import EnvCheckReport, EnvContractError, check_env
 from turnrl.environments.conversation import (
     AgentUser,
     CallableUser,
@@ -26,6 +26,7 @@ __all__ = [
     "AgentUser",
     "CallableUser",
     "ConversationEnvironment",
+    "EnvCheckReport",
     "EnvContractError",
     "EnvTimeoutError",
     "Environment",

@@ -45,12 +45,12 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from turnrl.scores import check_reward
-from turnrl.types import Message, Scenario
+from turnrl.types import Message, Scenario, StepResult
 
 RESET_CONTRACT = "reset() must return (observation: list[Message], info: dict)"
 STEP_CONTRACT = (
@@ -61,40 +61,6 @@ STEP_CONTRACT = (
 
 class EnvContractError(TypeError):
     """An environment breaks the turnrl Environment contract."""
-
-
-class StepResult(NamedTuple):
-    """What ``Environment.step`` returns; unpacks like Gymnasium's 5-tuple.
-
-    ``terminated`` and ``truncated`` mean different things to the learner, which
-    is why they are never merged:
-
-    * ``terminated``: the task reached a terminal state (solved, failed for
-      good, the user left). Nothing follows, so the value of the next state is
-      0 and advantage estimators must not bootstrap past this step.
-    * ``truncated``: the episode was cut by a limit that is not part of the
-      task (turns, time, tokens). The task could have gone on, so GAE
-      bootstraps from the value of the next state instead of assuming 0.
-      Treating a truncation as a termination teaches the critic that the
-      state right before a limit is worthless, which biases the values.
-
-    Both may be False (the episode goes on); if both are True, ``terminated``
-    wins for bootstrapping.
-
-    Attributes:
-        observation: New messages to append after the assistant's message
-            (user, tool or system turns); ``[]`` is fine.
-        reward: The reward for the assistant's last message.
-        terminated: The task reached a terminal state: no bootstrapping.
-        truncated: The episode was cut by a limit: bootstrapping allowed.
-        info: Diagnostics (logged, and the last one kept on the trajectory).
-    """
-
-    observation: list[Message]
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]
 
 
 class Environment:

@@ -22,6 +22,13 @@ What it checks:
    the clone passes the checks above; and, if the environment is
    deterministic under the seed, running the clone mid-episode leaves the
    original's episode unchanged (shared mutable state shows up here).
+5. The episode ends (``terminated`` or ``truncated``) within ``max_steps``. One
+   that does not is not a broken contract (it may end later, or on another
+   answer), but an episode that nothing ends runs until the model's context
+   is full, so a warning says so and how to end it.
+
+It returns an :class:`EnvCheckReport` of how the episode went, which prints
+as one line.
 
 Exceptions raised by the environment itself propagate unchanged, except
 inside the clone-independence check, where they point at shared state.
@@ -31,8 +38,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
+from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -219,9 +228,55 @@ async def _check_independence(
         )
 
 
+@dataclass(frozen=True)
+class EnvCheckReport:
+    """What :func:`check_env` saw; ``str(report)`` is one line for a terminal.
+
+    Attributes:
+        env: The environment's class name.
+        steps: Steps of the probe episode (the agent answers ``"42"`` every turn).
+        ended: ``"terminated"`` or ``"truncated"`` (``terminated`` when both are
+            set), or None when the episode had not ended after ``max_steps``.
+        replayed: A clone replayed the episode exactly under ``seed=0``, so the
+            check that clones share no state ran (False: the environment is
+            random under a fixed seed, and that check was skipped).
+    """
+
+    env: str
+    steps: int
+    ended: Literal["terminated", "truncated"] | None
+    replayed: bool
+
+    def __str__(self) -> str:
+        answer = f"the probe episode (the answer {PROBE.content!r} every turn)"
+        how = (
+            f"ended {self.ended} after {self.steps} steps"
+            if self.ended
+            else f"had not ended after {self.steps} steps"
+        )
+        clone = (
+            "a clone replayed it without changing the original"
+            if self.replayed
+            else "a clone played it differently (random under seed 0), so clone "
+            "independence was not compared"
+        )
+        return f"check_env: {self.env} follows the contract; {answer} {how}; {clone}"
+
+
+def _never_ends(name: str, max_steps: int) -> str:
+    return (
+        f"check_env: {name} did not end an episode within max_steps={max_steps} steps of the "
+        f"same answer ({PROBE.content!r}), and an episode that nothing ends runs until the "
+        "model's context is full. End it in step(): terminated=True when the task's own rules "
+        "end it (the last allowed guess, a give-up), or truncate it at a limit that is not "
+        "part of the task with TurnLimit(env, max_turns) or the trainer's rollout.max_turns. "
+        "If it ends later, check with a larger max_steps"
+    )
+
+
 async def check_env(
     env: Environment, scenario: Scenario | None = None, *, max_steps: int = 8
-) -> None:
+) -> EnvCheckReport:
     """Check that ``env`` follows the turnrl Environment contract.
 
     Args:
@@ -230,6 +285,10 @@ async def check_env(
             ``reset`` gets ``options=None``.
         max_steps: Steps per episode at most (the probe answer is ``"42"``,
             which may never end an episode).
+
+    Returns:
+        How the probe episode went. An episode that has not ended after
+        ``max_steps`` also raises a ``UserWarning`` saying how to end it.
 
     Raises:
         EnvContractError: The first broken rule, named, with how to fix it.
@@ -244,9 +303,14 @@ async def check_env(
 
     reference = await _episode(env, options, max_steps)
     clone = _check_clone_type(env)
-    if await _episode(clone, options, max_steps) == reference:
+    replayed = await _episode(clone, options, max_steps) == reference
+    if replayed:
         await _check_independence(env, options, max_steps, reference)
-    else:
-        log.debug("check_env_nondeterministic", env=type(env).__name__)
     await clone.close()
-    log.info("check_env_passed", env=type(env).__name__, steps=len(reference) - 1)
+    last = reference[-1]
+    ended = "terminated" if last[2] else "truncated" if last[3] else None
+    report = EnvCheckReport(type(env).__name__, len(reference) - 1, ended, replayed)
+    if ended is None:
+        warnings.warn(_never_ends(report.env, max_steps), UserWarning, stacklevel=1)
+    log.info("check_env_passed", env=report.env, steps=report.steps, ended=ended, replayed=replayed)
+    return report

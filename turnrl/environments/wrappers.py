@@ -1,7 +1,9 @@
 """Environment wrappers: limits and other cross-cutting concerns, one per class.
 
-As in Gymnasium, a limit is a wrapper rather than environment logic, so every
-environment gets the same, tested behaviour:
+As in Gymnasium, a limit set from outside the task is a wrapper rather than
+environment logic, so every environment gets the same, tested behaviour (a
+limit that is one of the task's own rules, a game's last allowed guess, ends
+the episode from the environment's ``step`` with ``terminated`` instead):
 
 * :class:`TurnLimit` truncates an episode after ``max_turns`` assistant turns.
 * :class:`Timeout` bounds the wall-clock time of each ``reset``/``step``.

@@ -44,6 +44,7 @@ from turnrl.training.errors import NonFiniteStreak, TrainingInterrupted
 from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
 from turnrl.training.evaluation import play_and_score
+from turnrl.training.generation import resolve_generation
 from turnrl.training.groups import check_failures, filter_groups
 from turnrl.training.models import build_models, save_pretrained
 from turnrl.training.optim import make_optimization
@@ -73,7 +74,7 @@ class Trainer:
         env: Template environment (cloned for every episode).
         rewards: A RewardFunction, a list of functions (weight 1 each), a
             ``{function: weight}`` mapping, or None (environment rewards only).
-        config: Training settings (default: the ``balanced`` profile).
+        config: Training settings (default: ``balanced``; sampling rule: :mod:`.generation`).
         scenarios: Training scenarios (default: ``env.scenarios``).
         eval_scenarios: Held-out scenarios for evaluation (default: none).
         estimator: A custom advantage estimator (a callable
@@ -121,7 +122,8 @@ class Trainer:
             scenarios = check_scenarios(env.scenarios, "env.scenarios")
         self.scenarios = check_scenarios(scenarios, required=True)
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
-        self.config = config = config or TrainingConfig.from_profile("balanced")
+        config = resolve_generation(config or TrainingConfig.from_profile("balanced"), agent)
+        self.config = config
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)
