@@ -2,13 +2,16 @@
 
 :func:`build_experiment` turns an :class:`~turnrl.cli.experiment.ExperimentConfig`
 into an :class:`Experiment`, resolving every ``package.module:Name`` with
-:func:`turnrl.imports.import_object`. How each section is read:
+:func:`turnrl.imports.import_object` with the experiment's ``base_dir`` (its
+file's directory) searched too. How each section is read:
 
 * The environment is built as ``target(scenarios=train, **args)`` when the file
   has a ``scenarios`` section, else as ``target(**args)`` and trained on its own
   ``scenarios``; every built-in environment takes ``scenarios`` that way.
 * A scenario source is a local file (see :func:`turnrl.scenarios.load_scenarios`)
-  or a factory ``{target, args}`` returning scenarios (for generated tasks).
+  or a factory ``{target, args}`` returning scenarios (for generated tasks). A
+  relative data path is looked up beside the experiment file, then in the
+  current directory, as a relative ``file.py:Name`` target is.
 * A reward entry is used as it is when it names a reward function object
   (``@reward_function``-decorated); it is called with ``args`` when ``args`` is
   given or it takes no required argument (the built-in factories); otherwise it
@@ -35,7 +38,7 @@ from turnrl.cli.experiment import (
     WarmstartSpec,
 )
 from turnrl.environments.base import Environment
-from turnrl.imports import import_object
+from turnrl.imports import import_dirs, import_object
 from turnrl.rewards.base import RewardFunction, as_reward_function
 from turnrl.scenarios import load_scenarios, split_scenarios
 from turnrl.training.config import TrainingConfig
@@ -79,15 +82,16 @@ class Experiment:
         """A :class:`~turnrl.training.trainer.Trainer` over these parts."""
         from turnrl.training.trainer import Trainer
 
-        return Trainer(
-            self.agent,
-            self.env,
-            self.rewards or None,
-            self.config,
-            scenarios=self.train_scenarios,
-            eval_scenarios=self.eval_scenarios,
-            **kwargs,
-        )
+        with import_dirs(self.config.base_dir):  # an algorithm.estimator beside the file
+            return Trainer(
+                self.agent,
+                self.env,
+                self.rewards or None,
+                self.config,
+                scenarios=self.train_scenarios,
+                eval_scenarios=self.eval_scenarios,
+                **kwargs,
+            )
 
     def warmstart(self) -> list[float]:
         """Run the supervised warm-start, if configured; returns its losses."""
@@ -121,7 +125,21 @@ def build_experiment(
             not what its section needs, or scenarios that cannot be loaded.
         FileNotFoundError: The model path or a data file does not exist.
     """
-    train, held_out = build_scenarios(config.scenarios)
+    with import_dirs(config.base_dir):
+        train, held_out = build_scenarios(config.scenarios, base_dir=config.base_dir)
+        env = _environment(config, train)
+        if config.scenarios is None:
+            train = list(getattr(env, "scenarios", ()))
+        rewards = {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
+        demos = (
+            _demonstrations(config.warmstart, train, config.base_dir) if config.warmstart else []
+        )
+    if agent is None:
+        agent = load_agent(config)
+    return Experiment(config, agent, env, rewards, train, held_out, demos)
+
+
+def _environment(config: ExperimentConfig, train: list[Scenario]) -> Environment:
     env_kwargs = dict(config.environment.args or {})
     if config.scenarios is not None:
         env_kwargs["scenarios"] = train
@@ -139,13 +157,7 @@ def build_experiment(
             f"environment: {config.environment.target!r} built a {type(env).__name__}, "
             "not a turnrl Environment"
         )
-    if config.scenarios is None:
-        train = list(getattr(env, "scenarios", ()))
-    rewards = {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
-    demos = _demonstrations(config.warmstart, train) if config.warmstart else []
-    if agent is None:
-        agent = load_agent(config)
-    return Experiment(config, agent, env, rewards, train, held_out, demos)
+    return env
 
 
 def load_agent(config: TrainingConfig) -> TransformersAgent:
@@ -158,6 +170,18 @@ def load_agent(config: TrainingConfig) -> TransformersAgent:
             config.generation.max_new_tokens, config.generation.temperature, config.generation.top_p
         ),
     )
+
+
+def _local_path(path: str | Path, base_dir: str | Path | None) -> Path:
+    """``path``, or when relative the first of ``base_dir / path`` and ``./path`` that exists.
+
+    A path found in neither stays as given, so that its loader names it in the error.
+    """
+    given = Path(path).expanduser()
+    if given.is_absolute() or base_dir is None:
+        return given
+    beside = Path(base_dir) / given
+    return beside if beside.exists() else given
 
 
 def _call(spec: ObjectSpec, section: str, *args: Any, **kwargs: Any) -> Any:
@@ -177,8 +201,13 @@ def _import(spec: ObjectSpec, section: str) -> Any:
         raise ValueError(f"{section}: {e}") from None
 
 
-def build_scenarios(spec: ScenarioSpec | None) -> tuple[list[Scenario], list[Scenario]]:
+def build_scenarios(
+    spec: ScenarioSpec | None, *, base_dir: str | Path | None = None
+) -> tuple[list[Scenario], list[Scenario]]:
     """``(train, held_out)`` from the ``scenarios`` section (both empty without one).
+
+    A relative data path is looked up in ``base_dir`` (the experiment file's
+    directory), then in the current directory.
 
     Raises:
         ValueError: A source cannot be loaded, both ``eval`` and a split are
@@ -186,8 +215,10 @@ def build_scenarios(spec: ScenarioSpec | None) -> tuple[list[Scenario], list[Sce
     """
     if spec is None:
         return [], []
-    train = _load_source(spec.train, spec.options, "scenarios.train")
-    held_out = [] if spec.eval is None else _load_source(spec.eval, spec.options, "scenarios.eval")
+    train = _load_source(spec.train, spec.options, "scenarios.train", base_dir)
+    held_out = []
+    if spec.eval is not None:
+        held_out = _load_source(spec.eval, spec.options, "scenarios.eval", base_dir)
     if spec.eval_fraction is not None or spec.eval_size is not None:
         if spec.eval is not None:
             raise ValueError("scenarios: give either eval or eval_fraction/eval_size, not both")
@@ -218,9 +249,11 @@ def _split_first(
     return scenarios[size:], scenarios[:size]
 
 
-def _load_source(source: str | ObjectSpec, options: dict[str, Any], where: str) -> list[Scenario]:
+def _load_source(
+    source: str | ObjectSpec, options: dict[str, Any], where: str, base_dir: str | Path | None
+) -> list[Scenario]:
     if isinstance(source, str):
-        return load_scenarios(source, **options)
+        return load_scenarios(_local_path(source, base_dir), **options)
     loaded = _call(source, where, **(source.args or {}))
     try:
         return load_scenarios(loaded)
@@ -257,7 +290,9 @@ def _required_params(fn: Any) -> int:
     )
 
 
-def _demonstrations(spec: WarmstartSpec, train: list[Scenario]) -> list[list[Message]]:
+def _demonstrations(
+    spec: WarmstartSpec, train: list[Scenario], base_dir: str | None
+) -> list[list[Message]]:
     if isinstance(spec.demonstrations, ObjectSpec):
         made = _call(
             spec.demonstrations,
@@ -266,7 +301,7 @@ def _demonstrations(spec: WarmstartSpec, train: list[Scenario]) -> list[list[Mes
             **(spec.demonstrations.args or {}),
         )
         return [[Message.model_validate(m) for m in conv] for conv in made]
-    path = Path(spec.demonstrations)
+    path = _local_path(spec.demonstrations, base_dir)
     if not path.is_file():
         raise FileNotFoundError(f"warmstart.demonstrations: no file {path}")
     out = []

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from turnrl.cli.build import Experiment, build_experiment
 from turnrl.cli.experiment import load_experiment
 from turnrl.environments.checker import check_env
+from turnrl.imports import import_dirs
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted
@@ -155,13 +156,14 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
         config.run.progress = False
         config.wandb.enabled = False
         scenarios = experiment.train_scenarios[:1]
-        trainer = Trainer(
-            experiment.agent,
-            experiment.env,
-            experiment.rewards or None,
-            config,
-            scenarios=scenarios,
-        )
+        with import_dirs(config.base_dir):  # an algorithm.estimator beside the file
+            trainer = Trainer(
+                experiment.agent,
+                experiment.env,
+                experiment.rewards or None,
+                config,
+                scenarios=scenarios,
+            )
         try:
             t0 = time.perf_counter()
             groups = await trainer.collect_groups()
