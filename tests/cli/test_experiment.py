@@ -1,11 +1,16 @@
 """Experiment files: precedence of profile / file / --set, and how each part is built."""
 
+import json
+import sys
 import textwrap
+import uuid
 
+import anyio
 import pytest
 
 from turnrl.cli.build import build_experiment
 from turnrl.cli.experiment import load_experiment
+from turnrl.cli.train import dry_run
 from turnrl.environments.tasks import ArithmeticEnvironment
 from turnrl.rewards.base import RewardFunction
 from turnrl.types import Scenario
@@ -167,3 +172,84 @@ def test_scenarios_from_a_data_file(tiny_agent, tmp_path):
     assert (
         experiment.train_scenarios[0].data["answer"] == experiment.train_scenarios[0].data["a"] + 1
     )
+
+
+def test_a_bad_value_is_blamed_on_the_set_that_gave_it(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("environment: {target: 'a:b'}\noptim: {lr: 0}\n")
+    with pytest.raises(ValueError) as error:
+        load_experiment(path, overrides=["optim.lr=1e-4", "run.max_steps=0"])
+    assert str(error.value).startswith("invalid --set run.max_steps=0:\n  run.max_steps:")
+    assert "exp.yaml" not in str(error.value)
+    with pytest.raises(ValueError) as error:  # one bad value from each: each named
+        load_experiment(path, overrides=["run.max_steps=0"])
+    first, *lines = str(error.value).splitlines()
+    assert first == f"invalid {path}:"
+    assert [line.split(":")[0].strip() for line in lines] == ["optim.lr", "run.max_steps"]
+    assert "from --set" not in lines[0] and lines[1].endswith("(from --set run.max_steps=0)")
+
+
+def test_a_section_brought_in_by_set_is_blamed_on_it(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("environment: {target: 'a:b'}\n")
+    with pytest.raises(ValueError, match=r"^invalid --set warmstart.steps=5:\n.*demonstrations"):
+        load_experiment(path, overrides=["warmstart.steps=5"])
+
+
+def test_warmstart_steps_zero_means_no_warmstart(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("environment: {target: 'a:b'}\nwarmstart: {demonstrations: d.jsonl}\n")
+    assert load_experiment(path).warmstart.steps == 100
+    assert load_experiment(path, overrides=["warmstart.steps=0"]).warmstart is None
+    assert load_experiment(path, overrides=["warmstart=null"]).warmstart is None
+    path.write_text("environment: {target: 'a:b'}\n")  # no section: nothing to turn off
+    assert load_experiment(path, overrides=["warmstart.steps=0"]).warmstart is None
+    with pytest.raises(ValueError, match=r"warmstart\.steps"):
+        load_experiment(path, overrides=["warmstart={demonstrations: d.jsonl, steps: false}"])
+
+
+def test_base_dir_is_the_experiment_files_directory(tmp_path, monkeypatch):
+    path = tmp_path / "exp.yaml"
+    path.write_text("environment: {target: 'a:b'}\n")
+    monkeypatch.chdir("/")
+    assert load_experiment(path).base_dir == str(tmp_path.resolve())
+    path.write_text("environment: {target: 'a:b'}\nbase_dir: code\n")
+    assert load_experiment(path).base_dir == str(tmp_path.resolve() / "code")
+    assert load_experiment(data={"environment": ENV}).base_dir is None
+
+
+def test_an_estimator_beside_the_experiment_file_builds_from_anywhere(
+    tiny_agent, tmp_path, monkeypatch
+):
+    name = f"my_estimator_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "from turnrl.training.advantages import make_rloo\n\n"
+        "def make(config):\n    return make_rloo(config)\n"
+    )
+    path = tmp_path / "exp.json"
+    data = {"environment": ENV, "scenarios": SCENARIOS, "algorithm": {"estimator": f"{name}:make"}}
+    path.write_text(json.dumps({**data, "run": {"output_dir": str(tmp_path / "run")}}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    try:
+        experiment = build_experiment(load_experiment(path), agent=tiny_agent)
+        sys.modules.pop(name)  # the Trainer imports it again, as a resumed run would
+        trainer = experiment.trainer()
+        trainer.close()
+        assert trainer.estimator.__module__.startswith("turnrl.training")
+        sys.modules.pop(name)
+        assert anyio.run(dry_run, experiment)["trajectories"]  # `turnrl train --dry-run`
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_a_run_recorded_without_base_dir_resumes_without_force(tmp_path):
+    from turnrl.training import rundir
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("environment: {target: 'a:b'}\n")
+    config = load_experiment(path).model_dump(mode="json")
+    older = {k: v for k, v in config.items() if k != "base_dir"}  # before base_dir existed
+    changes = rundir.config_changes(older, config)
+    assert list(changes) == ["base_dir"] and rundir.breaking(changes) == {}

@@ -1,12 +1,14 @@
 """LoRA via peft: adapters train, the reference is the adapter-free model, export merges."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
-from turnrl.training.config import TrainingConfig
-from turnrl.training.lora import AdapterDisabledReference, is_peft_model
+from turnrl.training.config import LoraSettings, TrainingConfig
+from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, load_adapter
 from turnrl.training.trainer import Trainer
 
 
@@ -56,3 +58,17 @@ async def test_save_stores_the_adapter_and_export_merges_it(tiny_agent, tmp_path
     with torch.no_grad():
         expected = trainer.policy(input_ids=ids).logits
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_wrapping_and_loading_an_adapter_print_no_deprecation_warning(tiny_agent, tmp_path):
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = add_lora(tiny_agent.model, LoraSettings(r=4))
+        model.save_pretrained(tmp_path / "adapter")
+        loaded = load_adapter(model.get_base_model(), tmp_path / "adapter")
+        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
+    assert is_peft_model(loaded)
+    shown = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert shown == ["`is_gradient_checkpointing` is deprecated"]  # only the one outside
+    assert warnings.filters == filters

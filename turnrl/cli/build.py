@@ -2,7 +2,8 @@
 
 :func:`build_experiment` turns an :class:`~turnrl.cli.experiment.ExperimentConfig`
 into an :class:`Experiment`, resolving every ``package.module:Name`` with
-:func:`turnrl.imports.import_object`; :func:`build_environment` and
+:func:`turnrl.imports.import_object` with the experiment's ``base_dir`` (its
+file's directory) searched too; :func:`build_environment` and
 :func:`build_rewards` build its parts without loading a model (``turnrl chat
 --env``). How each section is read:
 
@@ -10,7 +11,9 @@ into an :class:`Experiment`, resolving every ``package.module:Name`` with
   has a ``scenarios`` section, else as ``target(**args)`` and trained on its own
   ``scenarios``; every built-in environment takes ``scenarios`` that way.
 * A scenario source is a local file (see :func:`turnrl.scenarios.load_scenarios`)
-  or a factory ``{target, args}`` returning scenarios (for generated tasks).
+  or a factory ``{target, args}`` returning scenarios (for generated tasks). A
+  relative data path is looked up beside the experiment file, then in the
+  current directory, as a relative ``file.py:Name`` target is.
 * A reward entry is used as it is when it names a reward function object
   (``@reward_function``-decorated); it is called with ``args`` when ``args`` is
   given or it takes no required argument (the built-in factories); otherwise it
@@ -37,7 +40,7 @@ from turnrl.cli.experiment import (
     WarmstartSpec,
 )
 from turnrl.environments.base import Environment
-from turnrl.imports import import_object
+from turnrl.imports import import_dirs, import_object
 from turnrl.rewards.base import RewardFunction, as_reward_function
 from turnrl.scenarios import load_scenarios, split_scenarios
 from turnrl.training.config import TrainingConfig
@@ -88,15 +91,16 @@ class Experiment:
         """A :class:`~turnrl.training.trainer.Trainer` over these parts."""
         from turnrl.training.trainer import Trainer
 
-        return Trainer(
-            self.agent,
-            self.env,
-            self.rewards or None,
-            self.config,
-            scenarios=self.train_scenarios,
-            eval_scenarios=self.eval_scenarios,
-            **kwargs,
-        )
+        with import_dirs(self.config.base_dir):  # an algorithm.estimator beside the file
+            return Trainer(
+                self.agent,
+                self.env,
+                self.rewards or None,
+                self.config,
+                scenarios=self.train_scenarios,
+                eval_scenarios=self.eval_scenarios,
+                **kwargs,
+            )
 
     def warmstart(self) -> list[float]:
         """Run the supervised warm-start, if configured; returns its losses."""
@@ -132,7 +136,10 @@ def build_experiment(
     """
     env, train, held_out = build_environment(config)
     rewards = build_rewards(config)
-    demos = _demonstrations(config.warmstart, train) if config.warmstart else []
+    with import_dirs(config.base_dir):
+        demos = (
+            _demonstrations(config.warmstart, train, config.base_dir) if config.warmstart else []
+        )
     if agent is None:
         agent = load_agent(config)
     return Experiment(config, agent, env, rewards, train, held_out, demos)
@@ -149,7 +156,15 @@ def build_environment(
             cannot be loaded.
         FileNotFoundError: A data file does not exist.
     """
-    train, held_out = build_scenarios(config.scenarios)
+    with import_dirs(config.base_dir):
+        train, held_out = build_scenarios(config.scenarios, base_dir=config.base_dir)
+        env = _environment(config, train)
+    if config.scenarios is None:
+        train = list(getattr(env, "scenarios", ()))
+    return env, train, held_out
+
+
+def _environment(config: ExperimentConfig, train: list[Scenario]) -> Environment:
     env_kwargs = dict(config.environment.args or {})
     if config.scenarios is not None:
         env_kwargs["scenarios"] = train
@@ -167,9 +182,7 @@ def build_environment(
             f"environment: {config.environment.target!r} built a {type(env).__name__}, "
             "not a turnrl Environment"
         )
-    if config.scenarios is None:
-        train = list(getattr(env, "scenarios", ()))
-    return env, train, held_out
+    return env
 
 
 def build_rewards(config: ExperimentConfig) -> dict[RewardFunction, float]:
@@ -178,7 +191,8 @@ def build_rewards(config: ExperimentConfig) -> dict[RewardFunction, float]:
     Raises:
         ValueError: An entry that does not resolve to a reward function.
     """
-    return {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
+    with import_dirs(config.base_dir):
+        return {_reward(spec, i): spec.weight for i, spec in enumerate(config.rewards)}
 
 
 def load_agent(config: TrainingConfig) -> TransformersAgent:
@@ -191,6 +205,18 @@ def load_agent(config: TrainingConfig) -> TransformersAgent:
             config.generation.max_new_tokens, config.generation.temperature, config.generation.top_p
         ),
     )
+
+
+def _local_path(path: str | Path, base_dir: str | Path | None) -> Path:
+    """``path``, or when relative the first of ``base_dir / path`` and ``./path`` that exists.
+
+    A path found in neither stays as given, so that its loader names it in the error.
+    """
+    given = Path(path).expanduser()
+    if given.is_absolute() or base_dir is None:
+        return given
+    beside = Path(base_dir) / given
+    return beside if beside.exists() else given
 
 
 def _call(spec: ObjectSpec, section: str, *args: Any, **kwargs: Any) -> Any:
@@ -210,8 +236,13 @@ def _import(spec: ObjectSpec, section: str) -> Any:
         raise ValueError(f"{section}: {e}") from None
 
 
-def build_scenarios(spec: ScenarioSpec | None) -> tuple[list[Scenario], list[Scenario]]:
+def build_scenarios(
+    spec: ScenarioSpec | None, *, base_dir: str | Path | None = None
+) -> tuple[list[Scenario], list[Scenario]]:
     """``(train, held_out)`` from the ``scenarios`` section (both empty without one).
+
+    A relative data path is looked up in ``base_dir`` (the experiment file's
+    directory), then in the current directory.
 
     Raises:
         ValueError: A source cannot be loaded, both ``eval`` and a split are
@@ -219,8 +250,10 @@ def build_scenarios(spec: ScenarioSpec | None) -> tuple[list[Scenario], list[Sce
     """
     if spec is None:
         return [], []
-    train = _load_source(spec.train, spec.options, "scenarios.train")
-    held_out = [] if spec.eval is None else _load_source(spec.eval, spec.options, "scenarios.eval")
+    train = _load_source(spec.train, spec.options, "scenarios.train", base_dir)
+    held_out = []
+    if spec.eval is not None:
+        held_out = _load_source(spec.eval, spec.options, "scenarios.eval", base_dir)
     if spec.eval_fraction is not None or spec.eval_size is not None:
         if spec.eval is not None:
             raise ValueError("scenarios: give either eval or eval_fraction/eval_size, not both")
@@ -251,9 +284,11 @@ def _split_first(
     return scenarios[size:], scenarios[:size]
 
 
-def _load_source(source: str | ObjectSpec, options: dict[str, Any], where: str) -> list[Scenario]:
+def _load_source(
+    source: str | ObjectSpec, options: dict[str, Any], where: str, base_dir: str | Path | None
+) -> list[Scenario]:
     if isinstance(source, str):
-        return load_scenarios(source, **options)
+        return load_scenarios(_local_path(source, base_dir), **options)
     loaded = _call(source, where, **(source.args or {}))
     try:
         return load_scenarios(loaded)
@@ -290,7 +325,9 @@ def _required_params(fn: Any) -> int:
     )
 
 
-def _demonstrations(spec: WarmstartSpec, train: list[Scenario]) -> list[list[Message]]:
+def _demonstrations(
+    spec: WarmstartSpec, train: list[Scenario], base_dir: str | None
+) -> list[list[Message]]:
     if isinstance(spec.demonstrations, ObjectSpec):
         made = _call(
             spec.demonstrations,
@@ -299,7 +336,7 @@ def _demonstrations(spec: WarmstartSpec, train: list[Scenario]) -> list[list[Mes
             **(spec.demonstrations.args or {}),
         )
         return [[Message.model_validate(m) for m in conv] for conv in made]
-    path = Path(spec.demonstrations)
+    path = _local_path(spec.demonstrations, base_dir)
     if not path.is_file():
         raise FileNotFoundError(f"warmstart.demonstrations: no file {path}")
     out = []

@@ -1,26 +1,42 @@
 """``turnrl eval``: the held-out reward of a run, its final model or a checkpoint.
 
 - :func:`evaluate_run`: evaluate a trained policy on its experiment's held-out scenarios;
+- :func:`evaluate_policy`: play and score scenarios as a run's evaluations do;
 - :func:`find_experiment`: the experiment a run was started from.
+
+Evaluation builds no Trainer: no optimizer, no reference model, no run
+directory. It plays through :func:`turnrl.training.evaluation.play_and_score`,
+what ``Trainer.evaluate`` plays through, so a frozen LoRA adapter (a run's
+``final/``) evaluates like a full model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import torch
 from transformers.utils import logging as hf_logging
 
-from turnrl.cli.build import build_experiment
+from turnrl.cli.build import Experiment, build_experiment
 from turnrl.cli.experiment import ExperimentConfig, load_experiment
 from turnrl.logging import configure_logging
+from turnrl.rewards.combine import as_reward, with_timeout
 from turnrl.training.config_files import read_json_object
+from turnrl.training.distributed import DistributedContext, seed_everything
+from turnrl.training.evaluation import play_and_score
 from turnrl.training.export import load_policy, resolve_policy_dir
+from turnrl.training.rollout import (
+    check_environment,
+    configure_engine,
+    rollout_metrics,
+    with_limits,
+)
+from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 
 def command(args: argparse.Namespace) -> int:
@@ -44,6 +60,26 @@ def command(args: argparse.Namespace) -> int:
             print(f"  {key[5:]:<22}: {value:.4f}")
     print(f"  samples    : {result['output_dir']}/eval_samples.jsonl")
     return 0
+
+
+async def evaluate_policy(
+    experiment: Experiment, scenarios: Sequence[Scenario]
+) -> list[TrajectoryGroup]:
+    """Play and score ``scenarios`` as a run's evaluations do, with no optimizer or reference.
+
+    The environment gets the run's limits (``rollout.max_turns``, ``env_timeout_s``),
+    the rewards the run's ``reward_timeout_s``, the engine the run's generation
+    settings, and the episodes are sampled with the ``eval`` settings.
+
+    Raises:
+        ValueError: No scenarios, or ``max_new_tokens`` beyond the model's context.
+    """
+    config, agent = experiment.config, experiment.agent
+    env = with_limits(check_environment(experiment.env), config.rollout)
+    rewards = with_timeout(as_reward(experiment.rewards or None), config.rollout.reward_timeout_s)
+    configure_engine(agent.engine, config.generation)
+    with torch.no_grad():
+        return await play_and_score(agent, env, scenarios, rewards, config, DistributedContext())
 
 
 def find_experiment(target: str | Path, config: str | Path | None = None) -> ExperimentConfig:
@@ -126,36 +162,27 @@ async def evaluate_run(
             f"--output {out} holds a training run; evaluation results would mix with it, so "
             "give another directory"
         )
-    with tempfile.TemporaryDirectory(prefix="turnrl-eval-") as scratch:
-        # The evaluating Trainer's own files (config, metrics) stay out of `out`.
-        experiment_config = experiment_config.model_copy(
-            update={
-                "eval": experiment_config.eval.model_copy(update=patch),
-                # The eval needs neither a reference model nor a warm-start.
-                "algorithm": experiment_config.algorithm.model_copy(update={"beta": 0.0}),
-                "run": experiment_config.run.model_copy(
-                    update={"output_dir": scratch, "save_final": False}
-                ),
-                "wandb": experiment_config.wandb.model_copy(update={"enabled": False}),
-            }
+    experiment_config = experiment_config.model_copy(
+        update={
+            "eval": experiment_config.eval.model_copy(update=patch),
+            "warmstart": None,  # the policy is trained already: no demonstrations to load
+        }
+    )
+    experiment = build_experiment(experiment_config, agent=load_policy(where))
+    scenarios = experiment.eval_scenarios[: experiment_config.eval.max_scenarios]
+    if not scenarios:
+        raise ValueError(
+            "the experiment has no held-out scenarios: add scenarios.eval or "
+            "scenarios.eval_fraction to it"
         )
-        experiment = build_experiment(experiment_config, agent=load_policy(where))
-        if not experiment.eval_scenarios:
-            raise ValueError(
-                "the experiment has no held-out scenarios: add scenarios.eval or "
-                "scenarios.eval_fraction to it"
-            )
-        trainer = experiment.trainer()
-        try:
-            metrics = await trainer.evaluate()
-        finally:
-            trainer.metrics.close()
-            trainer.close()
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(scratch) / "eval_samples.jsonl", out / "eval_samples.jsonl")
+    seed_everything(experiment_config.run.seed)  # the same command gives the same numbers
+    groups = await evaluate_policy(experiment, scenarios)
+    metrics = rollout_metrics(groups, prefix="eval")
+    out.mkdir(parents=True, exist_ok=True)
+    save_jsonl(flatten(groups), out / "eval_samples.jsonl")
     result = {
         **metrics,
-        "scenarios": len(trainer.eval_scenarios),
+        "scenarios": len(scenarios),
         "model": str(where),
         "output_dir": str(out),
     }

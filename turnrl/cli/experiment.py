@@ -21,10 +21,12 @@ and an optional supervised warm-start::
 
 Choices, and why:
 
-* Objects are named by import path, ``package.module:Name``, with ``args``
-  passed as keywords (Hydra's ``_target_`` idea without Hydra): any class or
-  function a user can import can be named, and nothing is registered at import
-  time.
+* Objects are named by import path, ``package.module:Name``, or by file,
+  ``path/to/file.py:Name``, with ``args`` passed as keywords (Hydra's
+  ``_target_`` idea without Hydra): any class or function a user can import can
+  be named, and nothing is registered at import time. A module or file beside
+  the experiment file is found from any working directory: ``base_dir``
+  records the file's directory (see :mod:`turnrl.imports`).
 * How the environment, scenarios and rewards are built from their sections:
   :mod:`turnrl.cli.build`.
 * Precedence: the profile (``--profile``, else the file's ``profile``, else
@@ -32,7 +34,9 @@ Choices, and why:
   ``--set`` value is parsed as YAML, so ``--set optim.lr=3e-4`` is a float.
 * A key repeated in the file, or given twice with ``--set``, is an error naming
   it (YAML and JSON parsers would keep the last one silently), and so is an
-  ``algorithm.estimator`` path that does not give an estimator.
+  ``algorithm.estimator`` path that does not give an estimator. A bad value is
+  blamed on where it came from: the ``--set`` that gave it, or the file.
+* ``warmstart.steps: 0`` turns the warm-start off, as ``warmstart: null`` does.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
+from turnrl.imports import import_dirs
 from turnrl.training.config import (
     PROFILES,
     ProfileName,
@@ -68,7 +73,10 @@ __all__ = [
 class ObjectSpec(Section):
     """An object named by import path, with keyword arguments."""
 
-    target: str = Field(description="Import path 'package.module:Name'.")
+    target: str = Field(
+        description="Import path 'package.module:Name', or 'path/to/file.py:Name' (a relative "
+        "path is looked up beside the experiment file, then in the current directory)."
+    )
     args: dict[str, Any] | None = Field(
         None, description="Keyword arguments (None: use the object as it is, if it can be)."
     )
@@ -114,7 +122,9 @@ class WarmstartSpec(Section):
         description="A JSONL file with a 'messages' list per line, or a factory called as "
         "target(train_scenarios, **args) returning conversations (lists of messages)."
     )
-    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    steps: int = Field(
+        100, ge=1, description="Optimizer steps (0 turns the warm-start off, as warmstart: null)."
+    )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     batch_size: int = Field(32, ge=1, description="Conversations per step.")
     train_on: Literal["all", "last"] = Field(
@@ -133,7 +143,25 @@ class ExperimentConfig(TrainingConfig):
     rewards: list[RewardSpec] = Field(
         default_factory=list, description="Reward components (empty: environment rewards only)."
     )
-    warmstart: WarmstartSpec | None = Field(None, description="Optional supervised warm-start.")
+    warmstart: WarmstartSpec | None = Field(
+        None, description="Optional supervised warm-start (null, or steps: 0: none)."
+    )
+    base_dir: str | None = Field(
+        None,
+        description="Where targets off the Python path and relative 'file.py:Name' targets are "
+        "looked up (then in the current directory); load_experiment sets it to the experiment "
+        "file's directory, and the run records it, so `turnrl eval` finds them from anywhere.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zero_warmstart_steps_mean_none(cls, data: Any) -> Any:
+        # `--set warmstart.steps=0` is how a user turns a file's warm-start off.
+        if isinstance(data, dict) and isinstance(data.get("warmstart"), dict):
+            steps = data["warmstart"].get("steps")
+            if steps == 0 and not isinstance(steps, bool):
+                data = {**data, "warmstart": None}
+        return data
 
     def training_config(self) -> TrainingConfig:
         """The training settings alone."""
@@ -177,6 +205,7 @@ def load_experiment(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
     given: dict[str, str] = {}
+    merged_data = data
     for item in overrides:
         key, patch = _parse_override(item)
         if key in given:
@@ -184,17 +213,59 @@ def load_experiment(
                 f"--set {key} is given twice ({given[key]!r} and {item!r}); give it once"
             )
         given[key] = item
-        data = deep_merge(data, patch)
-    name = profile or data.get("profile") or "balanced"
+        merged_data = deep_merge(merged_data, patch)
+    name = profile or merged_data.get("profile") or "balanced"
     if name not in PROFILES:
         raise ValueError(f"{source}: unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    merged = deep_merge(deep_merge({}, PROFILES[name]), {**data, "profile": name})
+    merged = deep_merge(deep_merge({}, PROFILES[name]), {**merged_data, "profile": name})
+    if path is not None:
+        # A relative base_dir (or none) is the experiment file's own directory.
+        merged["base_dir"] = str((path.parent / (merged.get("base_dir") or ".")).resolve())
     try:
         config = ExperimentConfig.model_validate(merged)
     except ValidationError as e:
-        raise ValueError(f"invalid {source}:\n{describe_errors(e)}") from None
-    check_estimator(config.algorithm, source=source)
+        raise ValueError(_invalid(e, source, data, given)) from None
+    with import_dirs(config.base_dir):
+        check_estimator(config.algorithm, source=source)
     return config
+
+
+def _invalid(
+    error: ValidationError, source: str, file_data: dict[str, Any], given: dict[str, str]
+) -> str:
+    """The message of a validation error, each bad value blamed on its ``--set`` or the file."""
+    from_set = [_override_of(item["loc"], file_data, given) for item in error.errors()]
+    lines = describe_errors(error).splitlines()
+    if len(lines) != len(from_set):  # a message of several lines: blame as a whole
+        culprit = next((x for x in from_set if x is not None), None)
+        from_set = [culprit] * len(lines)
+    if all(from_set):
+        header = "invalid --set " + ", ".join(dict.fromkeys(str(x) for x in from_set))
+        return f"{header}:\n" + "\n".join(lines)
+    marked = [
+        line + (f" (from --set {x})" if x else "") for line, x in zip(lines, from_set, strict=True)
+    ]
+    return f"invalid {source}:\n" + "\n".join(marked)
+
+
+def _override_of(
+    loc: tuple[int | str, ...], file_data: dict[str, Any], given: dict[str, str]
+) -> str | None:
+    """The ``--set`` item that gave the value at ``loc``, or None when it came from the file.
+
+    A ``--set`` owns what lies under its key (``--set warmstart={...}``), the field
+    it names and, when the file lacks the section, the section it brought in.
+    """
+    where = [str(part) for part in loc]
+    if not where:  # the experiment as a whole
+        return None
+    for key, item in given.items():
+        parts = key.split(".")
+        if where[: len(parts)] == parts or parts[: len(where)] == where:
+            return item
+        if parts[0] == where[0] and parts[0] not in file_data:
+            return item
+    return None
 
 
 def _parse_override(item: str) -> tuple[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from turnrl.cli.build import Experiment, build_experiment
 from turnrl.cli.experiment import load_experiment
 from turnrl.environments.checker import EnvCheckReport, check_env
+from turnrl.imports import import_dirs
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted
@@ -60,7 +61,10 @@ def command(args: argparse.Namespace) -> int:
         if result[key] is not None:
             print(f"  {label:<24}: {result[key]:.3f}")
     print(f"  {'steps':<24}: {result['steps']}")
-    print(f"  {'wall time':<24}: {result['wall_s'] + result['warmstart_s']:.0f} s")
+    if config.warmstart is not None and not args.resume:
+        print(f"  {'warm-start time':<24}: {result['warmstart_s']:.0f} s")
+    print(f"  {'RL time (with evals)':<24}: {result['wall_s']:.0f} s")
+    print(f"  {'total wall time':<24}: {result['total_s']:.0f} s (warm-start to saved model)")
     print(f"  {'run directory':<24}: {result['run_dir']}")
     return 0
 
@@ -164,13 +168,14 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
         config.run.progress = False
         config.wandb.enabled = False
         scenarios = experiment.train_scenarios[:1]
-        trainer = Trainer(
-            experiment.agent,
-            experiment.env,
-            experiment.rewards or None,
-            config,
-            scenarios=scenarios,
-        )
+        with import_dirs(config.base_dir):  # an algorithm.estimator beside the file
+            trainer = Trainer(
+                experiment.agent,
+                experiment.env,
+                experiment.rewards or None,
+                config,
+                scenarios=scenarios,
+            )
         try:
             t0 = time.perf_counter()
             groups = await trainer.collect_groups()
@@ -199,7 +204,10 @@ async def run_experiment(
     """Warm-start (when configured and not resuming), train, and plot the run.
 
     A resumed run skips the warm-start: its checkpoint holds the warm-started
-    weights and the KL reference.
+    weights and the KL reference. The times are wall-clock seconds:
+    ``warmstart_s`` (the ``warmstart_done`` event's ``wall_s``), ``wall_s`` (the RL
+    loop with its evaluations, ``train_done``'s ``wall_s``) and ``total_s`` (both,
+    with building the trainer, loading a checkpoint and saving).
 
     Args:
         experiment: What to train.
@@ -208,7 +216,8 @@ async def run_experiment(
             from the checkpoint's (see :class:`~turnrl.training.trainer.Trainer`).
 
     Returns:
-        The trainer's summary plus ``warmstart_s`` and ``run_dir``.
+        The trainer's summary (``wall_s`` among it) plus ``warmstart_s`` (0
+        without a warm-start), ``total_s`` and ``run_dir``.
 
     Raises:
         RunDirError: The run directory is in use, or holds a run and neither
@@ -217,11 +226,19 @@ async def run_experiment(
     """
     run = experiment.config.run
     preflight(run.output_dir, resume=resume, overwrite=run.overwrite)
-    t0 = time.perf_counter()
-    if experiment.config.warmstart is not None and not resume:
-        log.info("phase", name="warm-start", steps=experiment.config.warmstart.steps)
-        experiment.warmstart()
-    warmstart_s = time.perf_counter() - t0
+    started = time.perf_counter()
+    warmstart_s = 0.0
+    spec = experiment.config.warmstart
+    if spec is not None and not resume:
+        log.info("phase", name="warm-start", steps=spec.steps)
+        losses = experiment.warmstart()
+        warmstart_s = time.perf_counter() - started
+        loss = round(losses[-1], 4) if losses else None
+        log.info("warmstart_done", steps=len(losses), loss=loss, wall_s=round(warmstart_s, 1))
     trainer = experiment.trainer(resume=resume, force_resume=force_resume)
     summary = await trainer.train()
-    return summary | {"warmstart_s": warmstart_s, "run_dir": str(trainer.run_dir)}
+    return summary | {
+        "warmstart_s": warmstart_s,
+        "total_s": time.perf_counter() - started,
+        "run_dir": str(trainer.run_dir),
+    }

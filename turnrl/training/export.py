@@ -26,7 +26,7 @@ from turnrl.training.checkpoint import (
     read_checkpoint_config,
     read_trainer_state,
 )
-from turnrl.training.lora import _peft, add_lora, is_peft_model, merged_copy
+from turnrl.training.lora import add_lora, is_peft_model, load_adapter, merged_copy
 
 
 def resolve_policy_dir(path: str | Path) -> Path:
@@ -74,8 +74,7 @@ def load_policy(path: str | Path, **agent_kwargs: Any) -> TransformersAgent:
                 f"{where}: the adapter's base model {base!r} is not a local directory"
             )
         agent = TransformersAgent.from_pretrained(base, **agent_kwargs)
-        model = _peft().PeftModel.from_pretrained(agent.model, str(where))
-        agent.model = model.eval()
+        agent.model = load_adapter(agent.model, where).eval()
         return agent
     return TransformersAgent.from_pretrained(where, **agent_kwargs)
 

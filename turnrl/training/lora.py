@@ -10,7 +10,11 @@ TRL does: no second copy of the weights. Saving the policy stores the adapter;
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +51,31 @@ def add_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
         target_modules=settings.target_modules,
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, config)
+    with _peft_wrapping():
+        return peft.get_peft_model(model, config)
+
+
+def load_adapter(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """``model`` with the saved LoRA adapter at ``path``, for inference (adapters frozen)."""
+    with _peft_wrapping():
+        return _peft().PeftModel.from_pretrained(model, str(path))
+
+
+@contextlib.contextmanager
+def _peft_wrapping() -> Iterator[None]:
+    """Hide the deprecation warning peft's ``PeftModel.__init__`` triggers, and only it.
+
+    peft (0.21 and earlier) reads ``model.is_gradient_checkpointing``, which
+    transformers 5 deprecated for ``is_activation_checkpointing``: every wrap of a
+    model printed a FutureWarning about code that is neither the user's nor
+    turnrl's. The filter matches that one message inside this block only; any
+    other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 class AdapterDisabledReference:

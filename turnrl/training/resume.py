@@ -109,7 +109,25 @@ def resume_run(
             run_dir, path, state["step"], changes, forced=bool(refused), abandoned=abandoned
         )
         config.save(run_dir / "config.json")
-    if "run.max_steps" in changes and config.optim.min_lr_ratio < 1:
-        log.warning("lr_schedule_changed", effect="the cosine decay spans the new max_steps")
     log.info("resumed", step=state["step"], checkpoint=str(path), changed=sorted(changes) or None)
+    if "run.max_steps" in changes:
+        _report_max_steps(*changes["run.max_steps"], step=state["step"], config=config)
     return path, state
+
+
+def _report_max_steps(old: int, new: int, *, step: int, config: TrainingConfig) -> None:
+    """Say what a changed ``run.max_steps`` does to the resumed run."""
+    if new <= step:
+        log.warning(
+            "max_steps_changed",
+            old=old,
+            new=new,
+            effect=f"nothing to train: the checkpoint is at step {step}; set run.max_steps "
+            f"above {step} to train on",
+        )
+        return
+    effect = f"training continues from step {step} to step {new}"
+    if config.optim.min_lr_ratio < 1:
+        # The cosine decay is a function of max_steps: the lr of every later step moves.
+        effect += f"; the cosine lr decay now ends at step {new}, not {old}"
+    log.warning("max_steps_changed", old=old, new=new, effect=effect)

@@ -66,6 +66,7 @@ HARMLESS = (
     "generation.weights",  # where generation reads the weights; it samples the same
     "wandb",
     "eval",
+    "base_dir",  # where an experiment's code was found; its targets are compared themselves
 )
 
 
