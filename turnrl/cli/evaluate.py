@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 from transformers.utils import logging as hf_logging
 
-from turnrl.cli.build import build_experiment
-from turnrl.cli.experiment import ExperimentConfig, load_experiment
+from turnrl.experiment.build import build_experiment
+from turnrl.experiment.config import ExperimentConfig, load_experiment
 from turnrl.logging import configure_logging
 from turnrl.training.config_files import read_json_object
 from turnrl.training.export import load_policy, resolve_policy_dir

@@ -20,9 +20,9 @@ import anyio
 import structlog
 from transformers.utils import logging as hf_logging
 
-from turnrl.cli.build import Experiment, build_experiment
-from turnrl.cli.experiment import load_experiment
 from turnrl.environments.checker import check_env
+from turnrl.experiment.build import Experiment, build_experiment
+from turnrl.experiment.config import load_experiment
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted

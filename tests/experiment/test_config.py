@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
-from turnrl.cli.build import build_experiment
-from turnrl.cli.experiment import load_experiment
 from turnrl.environments.tasks import ArithmeticEnvironment
+from turnrl.experiment.build import build_experiment
+from turnrl.experiment.config import load_experiment
 from turnrl.rewards.base import RewardFunction
 from turnrl.types import Scenario
 

@@ -1,6 +1,6 @@
 """An experiment's parts, built from its config: the model, environment, scenarios and rewards.
 
-:func:`build_experiment` turns an :class:`~turnrl.cli.experiment.ExperimentConfig`
+:func:`build_experiment` turns an :class:`~turnrl.experiment.config.ExperimentConfig`
 into an :class:`Experiment`, resolving every ``package.module:Name`` with
 :func:`turnrl.imports.import_object`. How each section is read:
 
@@ -27,14 +27,14 @@ from pydantic import ValidationError
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.tiny import tiny_model_path
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.cli.experiment import (
+from turnrl.environments.base import Environment
+from turnrl.experiment.config import (
     ExperimentConfig,
     ObjectSpec,
     RewardSpec,
     ScenarioSpec,
     WarmstartSpec,
 )
-from turnrl.environments.base import Environment
 from turnrl.imports import import_object
 from turnrl.rewards.base import RewardFunction, as_reward_function
 from turnrl.scenarios import load_scenarios, split_scenarios

@@ -26,7 +26,7 @@ Choices, and why:
   function a user can import can be named, and nothing is registered at import
   time.
 * How the environment, scenarios and rewards are built from their sections:
-  :mod:`turnrl.cli.build`.
+  :mod:`turnrl.experiment.build`.
 * Precedence: the profile (``--profile``, else the file's ``profile``, else
   ``balanced``), then the file, then each ``--set a.b=value`` in order; a
   ``--set`` value is parsed as YAML, so ``--set optim.lr=3e-4`` is a float.
