@@ -15,9 +15,11 @@ from turnrl.environments import (
     TurnLimit,
     check_env,
 )
+from turnrl.experiment import Experiment, ExperimentConfig, load_experiment
 from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
 from turnrl.tools import Tool, tool
 from turnrl.training.config import TrainingConfig
+from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
 
@@ -27,6 +29,8 @@ __all__ = [
     "Agent",
     "ConversationEnvironment",
     "Environment",
+    "Experiment",
+    "ExperimentConfig",
     "GenerationEngine",
     "InferenceEngine",
     "Message",
@@ -47,6 +51,8 @@ __all__ = [
     "TurnLimit",
     "check_env",
     "combine",
+    "load_experiment",
     "reward_function",
+    "supervised_warmstart",
     "tool",
 ]

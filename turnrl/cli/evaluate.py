@@ -70,8 +70,9 @@ def find_experiment(target: str | Path, config: str | Path | None = None) -> Exp
                 break
             return ExperimentConfig.model_validate(data)
     raise ValueError(
-        f"{target}: no experiment config found next to the model (runs started from a Python "
-        "script do not record their environment); pass --config EXPERIMENT.yaml"
+        f"{target}: no experiment config found next to the model (a script's run records its "
+        "environment only when the Trainer is given an ExperimentConfig, as turnrl.Experiment "
+        "does); pass --config EXPERIMENT.yaml"
     )
 
 

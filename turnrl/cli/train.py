@@ -1,6 +1,6 @@
 """``turnrl train``: run an experiment file, or check it with ``--dry-run``.
 
-- :func:`run_experiment`: warm-start (optional), train, plot;
+- :func:`run_experiment`: warm-start (optional), train, plot (:meth:`Experiment.run`);
 - :func:`dry_run`: build everything and run one group without updating.
 
 Each returns data; :func:`command` prints.
@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import anyio
-import structlog
 from transformers.utils import logging as hf_logging
 
 from turnrl.environments.checker import check_env
@@ -27,10 +26,8 @@ from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted
 from turnrl.training.rollout import rollout_metrics
-from turnrl.training.rundir import check_usable, preflight
+from turnrl.training.rundir import check_usable
 from turnrl.training.trainer import Trainer
-
-log = structlog.get_logger(__name__)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -186,32 +183,5 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
 async def run_experiment(
     experiment: Experiment, *, resume: bool = False, force_resume: bool = False
 ) -> dict[str, Any]:
-    """Warm-start (when configured and not resuming), train, and plot the run.
-
-    A resumed run skips the warm-start: its checkpoint holds the warm-started
-    weights and the KL reference.
-
-    Args:
-        experiment: What to train.
-        resume: Continue from the run directory's latest checkpoint.
-        force_resume: Resume even when settings that change training differ
-            from the checkpoint's (see :class:`~turnrl.training.trainer.Trainer`).
-
-    Returns:
-        The trainer's summary plus ``warmstart_s`` and ``run_dir``.
-
-    Raises:
-        RunDirError: The run directory is in use, or holds a run and neither
-            ``resume`` nor ``run.overwrite`` is set (checked before the warm-start).
-        TrainingInterrupted: A SIGINT/SIGTERM stopped training after a checkpoint.
-    """
-    run = experiment.config.run
-    preflight(run.output_dir, resume=resume, overwrite=run.overwrite)
-    t0 = time.perf_counter()
-    if experiment.config.warmstart is not None and not resume:
-        log.info("phase", name="warm-start", steps=experiment.config.warmstart.steps)
-        experiment.warmstart()
-    warmstart_s = time.perf_counter() - t0
-    trainer = experiment.trainer(resume=resume, force_resume=force_resume)
-    summary = await trainer.train()
-    return summary | {"warmstart_s": warmstart_s, "run_dir": str(trainer.run_dir)}
+    """What ``turnrl train`` runs: ``experiment.run()``, the call a script makes."""
+    return await experiment.run(resume=resume, force_resume=force_resume)

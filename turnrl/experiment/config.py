@@ -33,6 +33,9 @@ Choices, and why:
 * A key repeated in the file, or given twice with ``--set``, is an error naming
   it (YAML and JSON parsers would keep the last one silently), and so is an
   ``algorithm.estimator`` path that does not give an estimator.
+* A script spells the same experiment as ``ExperimentConfig.from_profile(name,
+  environment={...}, ...)``; ``config.to_yaml(path)`` writes it as a file that
+  loads back to an equal config, so either spelling gives the other.
 """
 
 from __future__ import annotations
@@ -134,6 +137,11 @@ class ExperimentConfig(TrainingConfig):
         default_factory=list, description="Reward components (empty: environment rewards only)."
     )
     warmstart: WarmstartSpec | None = Field(None, description="Optional supervised warm-start.")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        """Read an experiment file: :func:`load_experiment` without overrides."""
+        return load_experiment(path)
 
     def training_config(self) -> TrainingConfig:
         """The training settings alone."""
