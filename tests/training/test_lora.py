@@ -56,3 +56,38 @@ async def test_save_stores_the_adapter_and_export_merges_it(tiny_agent, tmp_path
     with torch.no_grad():
         expected = trainer.policy(input_ids=ids).logits
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.anyio
+async def test_a_saved_adapter_names_its_base_by_absolute_path(tiny_path, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from turnrl.agents.transformers import TransformersAgent
+    from turnrl.training.export import load_policy
+
+    shutil.copytree(tiny_path, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)  # the base model is named relative to here: "base"
+    env = ArithmeticEnvironment(make_scenarios(n=4))
+    agents = {
+        "trainer": TransformersAgent.from_pretrained("base"),
+        "script": TransformersAgent(  # a model the script loaded itself, by a relative path
+            AutoModelForCausalLM.from_pretrained("base"), AutoTokenizer.from_pretrained("base")
+        ),
+    }
+    trainer = Trainer(agents["trainer"], env, None, config(tmp_path))
+    trainer.save(tmp_path / "trainer")
+    trainer.close()
+    Trainer(agents["script"], env, None, config(tmp_path / "other")).close()  # adds the adapters
+    agents["script"].save_pretrained(tmp_path / "script")
+    monkeypatch.chdir(tmp_path / "other")  # anywhere else
+    for name in agents:
+        adapter = json.loads((tmp_path / name / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str((tmp_path / "base").resolve())
+        assert is_peft_model(load_policy(tmp_path / name).model)
+    with pytest.raises(FileNotFoundError, match="holds a LoRA adapter, not a whole model"):
+        TransformersAgent.from_pretrained(tmp_path / "script")
+    agents["script"].save_pretrained(tmp_path / "merged", merge=True)
+    assert not is_peft_model(TransformersAgent.from_pretrained(tmp_path / "merged").model)

@@ -45,7 +45,7 @@ from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
 from turnrl.training.evaluation import play_and_score
 from turnrl.training.groups import check_failures, filter_groups
-from turnrl.training.models import build_models, save_pretrained
+from turnrl.training.models import build_models, record_model, save_pretrained
 from turnrl.training.optim import make_optimization
 from turnrl.training.perf import StepClock
 from turnrl.training.rollout import (
@@ -121,7 +121,7 @@ class Trainer:
             scenarios = check_scenarios(env.scenarios, "env.scenarios")
         self.scenarios = check_scenarios(scenarios, required=True)
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
-        self.config = config = config or TrainingConfig.from_profile("balanced")
+        self.config = config = record_model(config or TrainingConfig.from_profile(), agent)
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)
