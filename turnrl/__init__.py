@@ -18,9 +18,11 @@ from turnrl.environments import (
     Wrapper,
     check_env,
 )
+from turnrl.experiment import Experiment, ExperimentConfig, load_experiment
 from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
 from turnrl.tools import Tool, tool
 from turnrl.training.config import TrainingConfig
+from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
 
@@ -31,6 +33,8 @@ __all__ = [
     "ConversationEnvironment",
     "EnvContractError",
     "Environment",
+    "Experiment",
+    "ExperimentConfig",
     "GenerationEngine",
     "InferenceEngine",
     "Message",
@@ -53,6 +57,8 @@ __all__ = [
     "Wrapper",
     "check_env",
     "combine",
+    "load_experiment",
     "reward_function",
+    "supervised_warmstart",
     "tool",
 ]

@@ -76,3 +76,31 @@ def test_non_prefix_consistent_template_is_reported(tiny_agent):
     sampled = Message(role="assistant", content="7", token_ids=[30, 2])
     with pytest.raises(ChatTemplateError, match="prefix-consistent"):
         tiny_agent.encode([user("What is 3+4?"), sampled, user("again")])
+
+
+def test_save_pretrained_round_trips_the_agent(tiny_agent, tmp_path):
+    from turnrl.agents.engine import SamplingParams
+
+    tiny_agent.sampling = SamplingParams(max_new_tokens=5, temperature=0.7, top_p=0.9)
+    with torch.no_grad():
+        next(tiny_agent.model.parameters()).add_(0.5)  # not the weights on disk any more
+    tiny_agent.save_pretrained(tmp_path / "agent")
+    loaded = TransformersAgent.from_pretrained(tmp_path / "agent")
+    assert loaded.sampling == tiny_agent.sampling
+    assert loaded.tokenizer.chat_template == tiny_agent.tokenizer.chat_template
+    for (name, saved), original in zip(
+        loaded.model.state_dict().items(), tiny_agent.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(saved, original), name
+    # Sampling given to from_pretrained wins over the saved one.
+    other = SamplingParams(max_new_tokens=2)
+    assert TransformersAgent.from_pretrained(tmp_path / "agent", sampling=other).sampling == other
+
+
+def test_a_bad_saved_sampling_file_is_named(tiny_agent, tmp_path):
+    from turnrl.agents.transformers import ModelLoadError
+
+    tiny_agent.save_pretrained(tmp_path / "agent")
+    (tmp_path / "agent" / "sampling.json").write_text('{"max_new_tokens": 0}')
+    with pytest.raises(ModelLoadError, match=r"sampling\.json: not the sampling settings"):
+        TransformersAgent.from_pretrained(tmp_path / "agent")

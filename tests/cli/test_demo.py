@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from turnrl.cli.demo import DEMO_FILE, demo_config, demo_experiment, demo_scenarios
-from turnrl.cli.experiment import load_experiment
 from turnrl.environments.tasks import make_scenarios
+from turnrl.experiment.config import load_experiment
 from turnrl.training.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[2]

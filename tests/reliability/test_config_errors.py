@@ -14,15 +14,15 @@ import pytest
 
 from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import ModelLoadError, TransformersAgent
-from turnrl.cli.build import build_experiment
-from turnrl.cli.experiment import (
+from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
+from turnrl.experiment.build import build_experiment
+from turnrl.experiment.config import (
     ObjectSpec,
     RewardSpec,
     ScenarioSpec,
     WarmstartSpec,
     load_experiment,
 )
-from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.training.config import TrainingConfig
 from turnrl.training.config_files import parse_yaml
 from turnrl.training.trainer import Trainer

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from turnrl.cli.build import Experiment, build_experiment
-from turnrl.cli.experiment import load_experiment
 from turnrl.cli.train import run_experiment
+from turnrl.experiment.build import Experiment, build_experiment
+from turnrl.experiment.config import load_experiment
 from turnrl.training.trainer import Trainer
 
 WARMSTART = {

@@ -141,6 +141,17 @@ async def test_a_checkpoint_of_another_model_is_refused(tiny_path, tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "other"), agent.tokenizer
     )
     checkpoint = list_checkpoints(tmp_path / "run")[-1]
-    with pytest.raises(CheckpointError, match="does not fit the model"):
+    # The run records its model, so the other one is named before any weight is read...
+    with pytest.raises(CheckpointError, match=r"model\.path: None -> '.*other'"):
         Trainer(bigger, ArithmeticEnvironment(scenarios), None, config, resume=checkpoint)
+    # ...and forcing the resume still cannot load weights that do not fit.
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        Trainer(
+            bigger,
+            ArithmeticEnvironment(scenarios),
+            None,
+            config,
+            resume=checkpoint,
+            force_resume=True,
+        )
     assert json.loads((checkpoint / "trainer.json").read_text())["step"] == 1

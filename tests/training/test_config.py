@@ -119,3 +119,28 @@ def test_estimator_settings_are_checked():
     assert TrainingConfig.from_profile(
         "balanced", algorithm={"estimator": "gvpo", "gvpo_reference": "reference"}
     ).algorithm.uses_reference
+
+
+def test_an_experiment_file_is_refused_with_the_loader_to_use(tmp_path):
+    path = tmp_path / "experiment.yaml"
+    path.write_text("environment: {target: 'turnrl.environments.tasks:ArithmeticEnvironment'}\n")
+    with pytest.raises(ValueError, match=r"experiment\.yaml is an experiment file \(it has "):
+        TrainingConfig.load(path)
+    with pytest.raises(ValueError, match=r"turnrl\.load_experiment\(path\)"):
+        TrainingConfig.load(path)
+
+
+def test_to_yaml_loads_back_to_an_equal_config(tmp_path):
+    config = TrainingConfig.from_profile("aggressive", optim={"lr": 3e-5}, model={"lora": {"r": 4}})
+    text = config.to_yaml(tmp_path / "config.yaml")
+    assert (tmp_path / "config.yaml").read_text() == text
+    assert TrainingConfig.load(tmp_path / "config.yaml") == config
+    assert "lr: 3.0e-05" in text  # a float YAML reads back as a float
+
+
+def test_an_experiment_config_records_the_profile_it_starts_from():
+    from turnrl.experiment.config import ExperimentConfig
+
+    env = {"target": "turnrl.environments.tasks:ArithmeticEnvironment"}
+    config = ExperimentConfig.from_profile("aggressive", environment=env)
+    assert config.profile == "aggressive" and config.algorithm.beta == 0.0

@@ -72,3 +72,38 @@ def test_wrapping_and_loading_an_adapter_print_no_deprecation_warning(tiny_agent
     shown = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert shown == ["`is_gradient_checkpointing` is deprecated"]  # only the one outside
     assert warnings.filters == filters
+
+
+@pytest.mark.anyio
+async def test_a_saved_adapter_names_its_base_by_absolute_path(tiny_path, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from turnrl.agents.transformers import TransformersAgent
+    from turnrl.training.export import load_policy
+
+    shutil.copytree(tiny_path, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)  # the base model is named relative to here: "base"
+    env = ArithmeticEnvironment(make_scenarios(n=4))
+    agents = {
+        "trainer": TransformersAgent.from_pretrained("base"),
+        "script": TransformersAgent(  # a model the script loaded itself, by a relative path
+            AutoModelForCausalLM.from_pretrained("base"), AutoTokenizer.from_pretrained("base")
+        ),
+    }
+    trainer = Trainer(agents["trainer"], env, None, config(tmp_path))
+    trainer.save(tmp_path / "trainer")
+    trainer.close()
+    Trainer(agents["script"], env, None, config(tmp_path / "other")).close()  # adds the adapters
+    agents["script"].save_pretrained(tmp_path / "script")
+    monkeypatch.chdir(tmp_path / "other")  # anywhere else
+    for name in agents:
+        adapter = json.loads((tmp_path / name / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str((tmp_path / "base").resolve())
+        assert is_peft_model(load_policy(tmp_path / name).model)
+    with pytest.raises(FileNotFoundError, match="holds a LoRA adapter, not a whole model"):
+        TransformersAgent.from_pretrained(tmp_path / "script")
+    agents["script"].save_pretrained(tmp_path / "merged", merge=True)
+    assert not is_peft_model(TransformersAgent.from_pretrained(tmp_path / "merged").model)

@@ -31,6 +31,9 @@ are kept and trained like any other sampled tokens.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -53,6 +56,9 @@ class ChatTemplateError(ValueError):
 class ModelLoadError(ValueError):
     """A model directory that cannot be loaded: no weights, or unreadable files."""
 
+
+SAMPLING_FILE = "sampling.json"
+"""Where :meth:`TransformersAgent.save_pretrained` keeps the agent's sampling settings."""
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -162,12 +168,23 @@ class TransformersAgent:
             device: Where to put the model (default: CUDA if available, else CPU).
             **kwargs: Passed to the constructor.
 
+        The agent's sampling settings are ``sampling`` if given, else those
+        :meth:`save_pretrained` stored in the directory, else the defaults.
+
         Raises:
-            FileNotFoundError: ``path`` is not a directory with a ``config.json``.
+            FileNotFoundError: ``path`` is not a directory with a ``config.json``
+                (a LoRA adapter alone is named as such).
             ModelLoadError: The directory has no weight file (see
-                :data:`WEIGHT_FILES`), or its tokenizer or weights cannot be read.
+                :data:`WEIGHT_FILES`), its tokenizer or weights cannot be read,
+                or its ``sampling.json`` is not valid.
         """
         path = Path(path).expanduser()
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} holds a LoRA adapter, not a whole model: load it with "
+                "turnrl.training.export.load_policy (which loads its base model too), or "
+                "save a merged model with agent.save_pretrained(path, merge=True)"
+            )
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"no model at {str(path)!r}: expected a local directory containing config.json "
@@ -183,6 +200,11 @@ class TransformersAgent:
             )
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if "sampling" not in kwargs and (path / SAMPLING_FILE).is_file():
+            kwargs["sampling"] = _read_sampling(path / SAMPLING_FILE)
+        # Absolute, so the model's name_or_path (which a run records and a LoRA
+        # adapter names as its base) resolves from any working directory.
+        path = path.resolve()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (MemoryError, torch.OutOfMemoryError):
@@ -205,6 +227,30 @@ class TransformersAgent:
             ) from e
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device), tokenizer, **kwargs)
+
+    def save_pretrained(self, path: str | Path, *, merge: bool = False) -> Path:
+        """Write the model, its tokenizer and the agent's sampling settings to ``path``.
+
+        :meth:`from_pretrained` loads the directory back into an equal agent
+        (the sampling settings from ``sampling.json``), and
+        ``AutoModelForCausalLM.from_pretrained`` reads it as any model. A LoRA
+        model stores its adapter, naming the base model by absolute path (load
+        it with :func:`turnrl.training.export.load_policy`), or with
+        ``merge=True`` a plain model with the adapters merged in.
+
+        Returns:
+            ``path``.
+        """
+        path = Path(path)
+        model = self.model
+        if merge and hasattr(model, "merge_and_unload"):  # a peft model
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        pin_adapter_base(path)
+        sampling = json.dumps(dataclasses.asdict(self.sampling), indent=2)
+        (path / SAMPLING_FILE).write_text(sampling, encoding="utf-8")
+        return path
 
     async def respond(
         self,
@@ -315,6 +361,32 @@ class TransformersAgent:
                 f"{text[: len(prefix)][-60:]!r}. Use a template that renders turns append-only."
             )
         return text[len(prefix) :]
+
+
+def pin_adapter_base(path: str | Path) -> None:
+    """Make the LoRA adapter saved in ``path`` (if any) name its base model by absolute path.
+
+    peft records the base model's ``name_or_path`` as it was given when the model
+    was loaded, so a relative one only resolves from that working directory.
+    """
+    file = Path(path) / "adapter_config.json"
+    if not file.is_file():
+        return
+    config = json.loads(file.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if base and not Path(base).is_absolute() and Path(base).expanduser().is_dir():
+        config["base_model_name_or_path"] = str(Path(base).expanduser().resolve())
+        file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _read_sampling(file: Path) -> SamplingParams:
+    try:
+        return SamplingParams(**json.loads(file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ModelLoadError(
+            f"{file}: not the sampling settings save_pretrained writes ({_one_line(e)}); "
+            "fix or delete the file, or pass sampling=SamplingParams(...)"
+        ) from None
 
 
 def _one_line(error: BaseException) -> str:

@@ -17,10 +17,10 @@ import anyio
 from transformers.utils import logging as hf_logging
 
 from turnrl.agents.engine import SamplingParams
-from turnrl.cli.build import build_environment, build_rewards
-from turnrl.cli.experiment import load_experiment
 from turnrl.cli.play import HumanAgent, LeftEpisode, interrupt_at_prompt, pick_scenario
 from turnrl.cli.play import play_episode as play
+from turnrl.experiment.build import build_environment, build_rewards
+from turnrl.experiment.config import load_experiment
 from turnrl.logging import configure_logging
 from turnrl.training.distributed import seed_everything
 from turnrl.training.export import load_policy

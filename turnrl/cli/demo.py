@@ -37,9 +37,9 @@ from typing import Any
 import anyio
 from transformers.utils import logging as hf_logging
 
-from turnrl.cli.build import build_experiment, build_scenarios
-from turnrl.cli.experiment import ExperimentConfig, load_experiment
 from turnrl.cli.train import run_experiment
+from turnrl.experiment.build import build_experiment, build_scenarios
+from turnrl.experiment.config import ExperimentConfig, load_experiment
 from turnrl.logging import configure_logging
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import seed_everything

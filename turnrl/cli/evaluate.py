@@ -22,8 +22,8 @@ import anyio
 import torch
 from transformers.utils import logging as hf_logging
 
-from turnrl.cli.build import Experiment, build_experiment
-from turnrl.cli.experiment import ExperimentConfig, load_experiment
+from turnrl.experiment.build import Experiment, build_experiment
+from turnrl.experiment.config import ExperimentConfig, load_experiment
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import as_reward, with_timeout
 from turnrl.training.config_files import read_json_object
@@ -106,8 +106,9 @@ def find_experiment(target: str | Path, config: str | Path | None = None) -> Exp
                 break
             return ExperimentConfig.model_validate(data)
     raise ValueError(
-        f"{target}: no experiment config found next to the model (runs started from a Python "
-        "script do not record their environment); pass --config EXPERIMENT.yaml"
+        f"{target}: no experiment config found next to the model (a script's run records its "
+        "environment only when the Trainer is given an ExperimentConfig, as turnrl.Experiment "
+        "does); pass --config EXPERIMENT.yaml"
     )
 
 

@@ -1,6 +1,6 @@
 """``turnrl train``: run an experiment file, or check it with ``--dry-run``.
 
-- :func:`run_experiment`: warm-start (optional), train, plot;
+- :func:`run_experiment`: warm-start (optional), train, plot (:meth:`Experiment.run`);
 - :func:`dry_run`: build everything and run one group without updating.
 
 Each returns data; :func:`command` prints.
@@ -17,21 +17,18 @@ import time
 from typing import Any
 
 import anyio
-import structlog
 from transformers.utils import logging as hf_logging
 
-from turnrl.cli.build import Experiment, build_experiment
-from turnrl.cli.experiment import load_experiment
 from turnrl.environments.checker import EnvCheckReport, check_env
+from turnrl.experiment.build import Experiment, build_experiment
+from turnrl.experiment.config import load_experiment
 from turnrl.imports import import_dirs
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted
 from turnrl.training.rollout import rollout_metrics, with_limits
-from turnrl.training.rundir import check_usable, preflight
+from turnrl.training.rundir import check_usable
 from turnrl.training.trainer import Trainer
-
-log = structlog.get_logger(__name__)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -201,44 +198,5 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
 async def run_experiment(
     experiment: Experiment, *, resume: bool = False, force_resume: bool = False
 ) -> dict[str, Any]:
-    """Warm-start (when configured and not resuming), train, and plot the run.
-
-    A resumed run skips the warm-start: its checkpoint holds the warm-started
-    weights and the KL reference. The times are wall-clock seconds:
-    ``warmstart_s`` (the ``warmstart_done`` event's ``wall_s``), ``wall_s`` (the RL
-    loop with its evaluations, ``train_done``'s ``wall_s``) and ``total_s`` (both,
-    with building the trainer, loading a checkpoint and saving).
-
-    Args:
-        experiment: What to train.
-        resume: Continue from the run directory's latest checkpoint.
-        force_resume: Resume even when settings that change training differ
-            from the checkpoint's (see :class:`~turnrl.training.trainer.Trainer`).
-
-    Returns:
-        The trainer's summary (``wall_s`` among it) plus ``warmstart_s`` (0
-        without a warm-start), ``total_s`` and ``run_dir``.
-
-    Raises:
-        RunDirError: The run directory is in use, or holds a run and neither
-            ``resume`` nor ``run.overwrite`` is set (checked before the warm-start).
-        TrainingInterrupted: A SIGINT/SIGTERM stopped training after a checkpoint.
-    """
-    run = experiment.config.run
-    preflight(run.output_dir, resume=resume, overwrite=run.overwrite)
-    started = time.perf_counter()
-    warmstart_s = 0.0
-    spec = experiment.config.warmstart
-    if spec is not None and not resume:
-        log.info("phase", name="warm-start", steps=spec.steps)
-        losses = experiment.warmstart()
-        warmstart_s = time.perf_counter() - started
-        loss = round(losses[-1], 4) if losses else None
-        log.info("warmstart_done", steps=len(losses), loss=loss, wall_s=round(warmstart_s, 1))
-    trainer = experiment.trainer(resume=resume, force_resume=force_resume)
-    summary = await trainer.train()
-    return summary | {
-        "warmstart_s": warmstart_s,
-        "total_s": time.perf_counter() - started,
-        "run_dir": str(trainer.run_dir),
-    }
+    """What ``turnrl train`` runs: ``experiment.run()``, the call a script makes."""
+    return await experiment.run(resume=resume, force_resume=force_resume)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -106,6 +107,8 @@ class TrainingConfig(Section):
         if name not in PROFILES:
             raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
         data = deep_merge({}, PROFILES[name])
+        if "profile" in cls.model_fields:  # an ExperimentConfig records its profile
+            data["profile"] = name
         for key, value in overrides.items():
             path = key.split("__")
             patch: Any = value.model_dump() if isinstance(value, BaseModel) else value
@@ -133,7 +136,9 @@ class TrainingConfig(Section):
 
         Raises:
             FileNotFoundError: No such file.
-            ValueError: Unparsable, a repeated key, or settings that fail validation.
+            ValueError: Unparsable, a repeated key, settings that fail
+                validation, or an experiment file (which names its environment:
+                :func:`turnrl.load_experiment` reads those).
         """
         path = Path(path)
         if not path.is_file():
@@ -144,6 +149,14 @@ class TrainingConfig(Section):
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a mapping at the top level, got {type(data).__name__}"
+            )
+        parts = sorted(EXPERIMENT_PARTS & data.keys())
+        if parts:
+            raise ValueError(
+                f"{path} is an experiment file (it has {', '.join(parts)}), not a training "
+                "config alone: load it with turnrl.load_experiment(path), or build and run it "
+                "with turnrl.Experiment.from_yaml(path); its training settings alone are "
+                "load_experiment(path).training_config()"
             )
         profile = data.pop("profile", None)
         if profile is not None:
@@ -162,6 +175,25 @@ class TrainingConfig(Section):
         """Write the config as JSON."""
         Path(path).write_text(self.model_dump_json(indent=2), encoding="utf-8")
 
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The config as YAML (written to ``path`` when given), every setting spelled out.
+
+        The file loads back to an equal config: with :meth:`load` for a
+        training config, with :func:`turnrl.load_experiment` (and runs with
+        ``turnrl train``) for an experiment. An experiment's own parts
+        (``profile``, ``environment``, ...) come first.
+        """
+        data = self.model_dump(mode="json")
+        own = [key for key in data if key not in TrainingConfig.model_fields]
+        data = {key: data[key] for key in [*own, *TrainingConfig.model_fields]}
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+
+EXPERIMENT_PARTS = frozenset({"environment", "scenarios", "rewards", "warmstart"})
+"""Top-level keys of an experiment file that a training config does not have."""
 
 PROFILES: dict[str, dict[str, Any]] = {
     "conservative": {

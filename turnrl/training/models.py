@@ -10,6 +10,7 @@ wraps), and only then the reference, so every rank copies the same weights.
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,15 @@ from typing import Any
 import torch
 
 from turnrl.agents.base import TrainableAgent
+from turnrl.agents.tiny import cache_dir, tiny_model_path
+from turnrl.agents.transformers import pin_adapter_base
 from turnrl.training.config import TrainingConfig
+from turnrl.training.config_sections import ModelConfig
 from turnrl.training.distributed import DistributedContext
 from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, merged_copy
 from turnrl.training.value import ValueModel
+
+_DTYPES = typing.get_args(ModelConfig.model_fields["dtype"].annotation)  # what model.dtype takes
 
 
 @dataclass
@@ -85,6 +91,49 @@ def build_models(
     return TrainingModels(policy, ref_model, value_model, wrapped, next(policy.parameters()).device)
 
 
+def record_model(config: TrainingConfig, agent: TrainableAgent) -> TrainingConfig:
+    """``config`` with ``model.path`` and ``model.dtype`` describing ``agent``'s model.
+
+    The run directory's ``config.json`` is what ``turnrl eval`` and ``turnrl
+    export`` rebuild a checkpoint's model from, so a script's agent must be
+    named there as an experiment file names it: ``model.path`` left None is
+    filled with the directory the model was loaded from (absolute), and stays
+    None for the embedded tiny model; a relative ``model.path`` naming that
+    directory is made absolute, so the run reloads from any working directory;
+    any other ``model.path`` the config gives is kept. ``model.dtype`` is the
+    policy's.
+
+    Returns:
+        ``config`` itself when it already says so, else an updated copy.
+    """
+    update: dict[str, Any] = {}
+    source, given = _loaded_from(agent.model), config.model.path
+    names_source = given is None or str(Path(given).expanduser().resolve()) == source
+    if source is not None and source != given and names_source:
+        update["path"] = source
+    dtype = str(next(agent.model.parameters()).dtype).removeprefix("torch.")
+    if dtype != config.model.dtype and dtype in _DTYPES:
+        update["dtype"] = dtype
+    if not update:
+        return config
+    return config.model_copy(update={"model": config.model.model_copy(update=update)})
+
+
+def _loaded_from(model: torch.nn.Module) -> str | None:
+    """Where ``model`` was loaded from: an absolute directory, a name, or None (the tiny model,
+    or a model built in memory)."""
+    name = getattr(model, "name_or_path", "") or ""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return name  # not a local directory (a hub name): recorded as the model gave it
+    path = path.resolve()
+    if path.parent == cache_dir().expanduser().resolve() and path == tiny_model_path().resolve():
+        return None
+    return str(path)
+
+
 def save_pretrained(models: TrainingModels, tokenizer: Any, path: Path, *, merge: bool) -> None:
     """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
 
@@ -95,6 +144,7 @@ def save_pretrained(models: TrainingModels, tokenizer: Any, path: Path, *, merge
     model = merged_copy(policy) if merge and is_peft_model(policy) else policy
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    pin_adapter_base(path)
     if models.value_model is not None:
         models.value_model.save(path)
 

@@ -46,7 +46,7 @@ from turnrl.training.estimators import build_estimator
 from turnrl.training.evaluation import play_and_score
 from turnrl.training.generation import resolve_generation
 from turnrl.training.groups import check_failures, filter_groups
-from turnrl.training.models import build_models, save_pretrained
+from turnrl.training.models import build_models, record_model, save_pretrained
 from turnrl.training.optim import make_optimization
 from turnrl.training.perf import StepClock
 from turnrl.training.rollout import (
@@ -122,8 +122,8 @@ class Trainer:
             scenarios = check_scenarios(env.scenarios, "env.scenarios")
         self.scenarios = check_scenarios(scenarios, required=True)
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
-        config = resolve_generation(config or TrainingConfig.from_profile("balanced"), agent)
-        self.config = config
+        config = resolve_generation(config or TrainingConfig.from_profile(), agent)
+        self.config = config = record_model(config, agent)
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)

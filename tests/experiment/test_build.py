@@ -1,9 +1,9 @@
-"""turnrl.cli.build: scenario splits (the experiment itself is built in test_experiment.py)."""
+"""turnrl.experiment.build: scenario splits (the experiment itself is built in test_config.py)."""
 
 import pytest
 
-from turnrl.cli.build import build_scenarios
-from turnrl.cli.experiment import ScenarioSpec
+from turnrl.experiment.build import build_scenarios
+from turnrl.experiment.config import ScenarioSpec
 from turnrl.scenarios import load_scenarios, split_scenarios
 
 QUESTIONS = ["q0", "q1", "q2", "q3"]

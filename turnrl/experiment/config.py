@@ -28,7 +28,7 @@ Choices, and why:
   the experiment file is found from any working directory: ``base_dir``
   records the file's directory (see :mod:`turnrl.imports`).
 * How the environment, scenarios and rewards are built from their sections:
-  :mod:`turnrl.cli.build`.
+  :mod:`turnrl.experiment.build`.
 * Precedence: the profile (``--profile``, else the file's ``profile``, else
   ``balanced``), then the file, then each ``--set a.b=value`` in order; a
   ``--set`` value is parsed as YAML, so ``--set optim.lr=3e-4`` is a float.
@@ -37,6 +37,9 @@ Choices, and why:
   ``algorithm.estimator`` path that does not give an estimator. A bad value is
   blamed on where it came from: the ``--set`` that gave it, or the file.
 * ``warmstart.steps: 0`` turns the warm-start off, as ``warmstart: null`` does.
+* A script spells the same experiment as ``ExperimentConfig.from_profile(name,
+  environment={...}, ...)``; ``config.to_yaml(path)`` writes it as a file that
+  loads back to an equal config, so either spelling gives the other.
 """
 
 from __future__ import annotations
@@ -162,6 +165,11 @@ class ExperimentConfig(TrainingConfig):
             if steps == 0 and not isinstance(steps, bool):
                 data = {**data, "warmstart": None}
         return data
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        """Read an experiment file: :func:`load_experiment` without overrides."""
+        return load_experiment(path)
 
     def training_config(self) -> TrainingConfig:
         """The training settings alone."""

@@ -8,10 +8,10 @@ import uuid
 import anyio
 import pytest
 
-from turnrl.cli.build import build_experiment
-from turnrl.cli.experiment import load_experiment
 from turnrl.cli.train import dry_run
 from turnrl.environments.tasks import ArithmeticEnvironment
+from turnrl.experiment.build import build_experiment
+from turnrl.experiment.config import ExperimentConfig, load_experiment
 from turnrl.rewards.base import RewardFunction
 from turnrl.types import Scenario
 
@@ -46,6 +46,7 @@ def test_precedence_profile_then_file_then_set(tmp_path):
     assert config.rollout.num_generations == 16  # aggressive's
     assert config.algorithm.beta == 0.2  # --set wins over the file
     assert load_experiment(path, overrides=["optim.lr=3e-4"]).optim.lr == 3e-4  # a float
+    assert ExperimentConfig.load(path) == load_experiment(path)  # not TrainingConfig.load's
 
 
 def test_errors_name_the_field_and_the_file(tmp_path):
