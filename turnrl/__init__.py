@@ -17,6 +17,7 @@ from turnrl.environments import (
 )
 from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
 from turnrl.tools import Tool, tool
+from turnrl.training.callbacks import Callback, EarlyStopping, KeepBest
 from turnrl.training.config import TrainingConfig
 from turnrl.training.trainer import Trainer
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, Turn
@@ -25,10 +26,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "Callback",
     "ConversationEnvironment",
+    "EarlyStopping",
     "Environment",
     "GenerationEngine",
     "InferenceEngine",
+    "KeepBest",
     "Message",
     "RewardFunction",
     "RewardResult",
