@@ -82,10 +82,9 @@ def test_a_critic_adds_a_row_and_the_eval_panel_follows_eval_metric(tmp_path, wr
         ],
     ]
     run_dir = write_metrics(tmp_path / "run", records)
-    assert eval_metric(run_dir) == "eval/reward_mean"  # no config.json: the default
-    TrainingConfig.from_profile("balanced", eval={"metric": "reward/env_return"}).save(
-        run_dir / "config.json"
-    )
-    assert eval_metric(run_dir) == "eval/reward/env_return"
+    assert eval_metric(run_dir) == ("eval/reward_mean", "max")  # no config.json: the default
+    chosen = {"metric": "reward/env_return", "mode": "min"}
+    TrainingConfig.from_profile("balanced", eval=chosen).save(run_dir / "config.json")
+    assert eval_metric(run_dir) == ("eval/reward/env_return", "min")
     with image.open(plot_run(run_dir)) as img:
         assert img.size == (1400, 1050)  # a third row for the critic

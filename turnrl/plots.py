@@ -140,8 +140,7 @@ def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path:
         ax.legend(loc="best", fontsize="small")
     _panel(ax, "rollout reward", bool(steps), REWARD)
 
-    key = eval_metric(run_dir)
-    _eval_panel(axes[0][1], records, key)
+    _eval_panel(axes[0][1], records, eval_metric(run_dir)[0])
     for ax, (title, key, color) in zip(
         [axes[0][2], *axes[1]],
         [
@@ -170,16 +169,21 @@ def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path:
     return path
 
 
-def eval_metric(run_dir: str | Path) -> str:
-    """The key of the run's ``eval.metric`` (from ``config.json``; else ``eval/reward_mean``)."""
+def eval_metric(run_dir: str | Path) -> tuple[str, str]:
+    """The key of the run's ``eval.metric`` and its ``eval.mode`` (``max`` or ``min``).
+
+    Read from ``config.json`` as plain JSON; a run without one (or of a version
+    before ``eval.metric``) gets ``("eval/reward_mean", "max")``.
+    """
     try:
         config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        metric = config["eval"]["metric"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return EVAL_REWARD  # no config (a run of an older version) or no eval section
+        metric, mode = config["eval"].get("metric"), config["eval"].get("mode")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        metric = mode = None
     if not isinstance(metric, str) or not metric:
-        return EVAL_REWARD
-    return metric if metric.startswith("eval/") else f"eval/{metric}"
+        metric = EVAL_REWARD
+    mode = mode if mode in ("max", "min") else "max"
+    return (metric if metric.startswith("eval/") else f"eval/{metric}"), mode
 
 
 def _eval_panel(ax: Any, records: Sequence[dict[str, Any]], key: str) -> None:
