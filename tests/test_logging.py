@@ -1,11 +1,13 @@
 """turnrl.logging: the one reader of metrics.jsonl, and what it tolerates."""
 
+import doctest
 import re
 
 import pytest
 from structlog.testing import capture_logs
 
-from turnrl.logging import MetricsLogger, read_metrics
+import turnrl.logging
+from turnrl.logging import MetricsLogger, console_line, read_metrics
 
 
 def test_reads_what_the_metrics_logger_writes_in_step_order(tmp_path):
@@ -53,3 +55,25 @@ def test_missing_run_dir_or_file_raises_and_an_empty_file_has_no_records(tmp_pat
         read_metrics(tmp_path)
     (tmp_path / "metrics.jsonl").write_text("\n")
     assert read_metrics(tmp_path) == []
+
+
+def test_console_line_shows_health_not_the_policy_loss():
+    metrics = {
+        "rollout/reward_mean": 0.5,
+        "loss/policy": -1e-8,  # near zero whatever the run does: not shown
+        "train/kl": 0.01,
+        "train/clip_frac": 0.125,
+        "train/entropy": 1.5,
+        "train/grad_norm": 0.75,
+        "train/explained_variance": 0.25,
+        "train/value_mean": 0.375,
+        "eval/reward_mean": 0.5,
+        "eval/reward/env_return": 0.25,
+        "eval/reward/env_return_stderr": 0.0625,
+    }
+    assert console_line(7, metrics, "eval/reward/env_return") == (
+        "step    7 | reward 0.500 | eval 0.250±0.062 | kl 0.010 | clip 0.125 | entropy 1.500"
+        " | gnorm 0.750 | ev 0.250 | value 0.375"
+    )
+    assert "eval 0.500 |" in console_line(7, metrics)  # the default eval.metric, no stderr
+    assert doctest.testmod(turnrl.logging).failed == 0

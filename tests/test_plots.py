@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from turnrl.plots import moving_average, plot_run
+from turnrl.plots import eval_metric, moving_average, plot_run
+from turnrl.training.config import TrainingConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -17,7 +18,7 @@ def test_plot_run_writes_a_valid_png(run_dir):
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with image.open(path) as img:
         img.load()  # decodes every pixel: a truncated file fails here
-        assert img.size == (1100, 750)  # figsize (11, 7.5) at 100 dpi
+        assert img.size == (1400, 750)  # figsize (14, 7.5) at 100 dpi: two rows, no critic
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.json",
         "metrics.jsonl",
@@ -61,3 +62,29 @@ def test_moving_average_hand_worked():
     assert moving_average([1.0, 2.0, 3.0, 4.0, 8.0], 3) == [1.0, 1.5, 2.0, 3.0, 5.0]
     with pytest.raises(ValueError, match="window"):
         moving_average([1.0], 0)
+
+
+def test_a_critic_adds_a_row_and_the_eval_panel_follows_eval_metric(tmp_path, write_metrics):
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("PIL.Image")
+    records = [
+        {"step": 0, "eval/reward/env_return": 0.2, "eval/reward/env_return_stderr": 0.05},
+        *[
+            {
+                "step": s,
+                "rollout/reward_mean": s / 10,
+                "train/explained_variance": s / 5 - 0.5,
+                "train/value_mean": s / 20,
+                "train/return_mean": s / 10,
+                "loss/value": 1 / s,
+            }
+            for s in range(1, 4)
+        ],
+    ]
+    run_dir = write_metrics(tmp_path / "run", records)
+    assert eval_metric(run_dir) == ("eval/reward_mean", "max")  # no config.json: the default
+    chosen = {"metric": "reward/env_return", "mode": "min"}
+    TrainingConfig.from_profile("balanced", eval=chosen).save(run_dir / "config.json")
+    assert eval_metric(run_dir) == ("eval/reward/env_return", "min")
+    with image.open(plot_run(run_dir)) as img:
+        assert img.size == (1400, 1050)  # a third row for the critic

@@ -75,6 +75,17 @@ async def test_progress_bar_follows_rollout_update_and_eval(tiny_agent, tmp_path
     assert "step    1 | reward" in text  # log lines still get through
 
 
+def test_progress_shows_the_configured_eval_metric(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    progress = Progress(3, enabled=True, eval_key="eval/reward/env_return")
+    progress.step_done({"rollout/reward_mean": 0.5, "eval/reward_mean": 0.75})
+    assert "eval=" not in stream.getvalue()  # not the metric asked for
+    progress.step_done({"eval/reward/env_return": 0.25})
+    progress.close()
+    assert "eval=0.250" in stream.getvalue()
+
+
 def test_progress_is_silent_when_disabled(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)

@@ -21,6 +21,7 @@ from turnrl.environments import (
 from turnrl.experiment import Experiment, ExperimentConfig, load_experiment
 from turnrl.rewards import RewardFunction, RewardResult, combine, reward_function
 from turnrl.tools import Tool, tool
+from turnrl.training.callbacks import Callback, EarlyStopping, KeepBest
 from turnrl.training.config import TrainingConfig
 from turnrl.training.sft import supervised_warmstart
 from turnrl.training.trainer import Trainer
@@ -30,13 +31,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "Callback",
     "ConversationEnvironment",
+    "EarlyStopping",
     "EnvContractError",
     "Environment",
     "Experiment",
     "ExperimentConfig",
     "GenerationEngine",
     "InferenceEngine",
+    "KeepBest",
     "Message",
     "RewardFunction",
     "RewardResult",

@@ -24,14 +24,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# The few numbers a person watches; everything else is in metrics.jsonl.
+# The few numbers that say whether a run is healthy; everything else is in
+# metrics.jsonl. No policy loss: with group-normalized advantages it sits near zero
+# whatever happens (docs/algorithms.md, "Reading a run"). The eval metric
+# (eval.metric) is shown after the reward, with its standard error.
 CONSOLE_KEYS = (
     ("rollout/reward_mean", "reward"),
-    ("eval/reward_mean", "eval"),
-    ("loss/policy", "loss"),
     ("train/kl", "kl"),
+    ("train/clip_frac", "clip"),
     ("train/entropy", "entropy"),
     ("train/grad_norm", "gnorm"),
+    ("train/explained_variance", "ev"),
+    ("train/value_mean", "value"),
     ("rollout/turns_mean", "turns"),
     ("perf/step_s", "sec"),
 )
@@ -76,14 +80,27 @@ def ensure_logging() -> None:
         configure_logging()
 
 
-def console_line(step: int, metrics: dict[str, Any]) -> str:
-    """A one-line summary of a step's metrics."""
+def console_line(step: int, metrics: dict[str, Any], eval_key: str = "eval/reward_mean") -> str:
+    """A one-line summary of a step's metrics (``eval_key`` as ``eval value±stderr``).
+
+    >>> console_line(3, {"rollout/reward_mean": 0.5, "eval/reward_mean": 0.25,
+    ...                  "eval/reward_mean_stderr": 0.05, "train/clip_frac": 0.0123})
+    'step    3 | reward 0.500 | eval 0.250±0.050 | clip 0.012'
+    """
     parts = [f"step {step:>4}"]
     for key, short in CONSOLE_KEYS:
         value = metrics.get(key)
         if isinstance(value, int | float):
-            parts.append(f"{short} {value:.3f}" if abs(value) < 1e4 else f"{short} {value:.3g}")
+            parts.append(f"{short} {_number(value)}")
+        if key == "rollout/reward_mean" and isinstance(metrics.get(eval_key), int | float):
+            stderr = metrics.get(f"{eval_key}_stderr")
+            shown = _number(metrics[eval_key])
+            parts.append(f"eval {shown}" + (f"±{_number(stderr)}" if stderr is not None else ""))
     return " | ".join(parts)
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.3g}"
 
 
 class MetricsLogger:
@@ -95,6 +112,7 @@ class MetricsLogger:
         console: Print a line per logged step to stderr.
         append: Keep an existing ``metrics.jsonl`` (resuming) instead of
             starting it afresh.
+        eval_key: The eval metric the console line shows (``eval.metric``).
     """
 
     def __init__(
@@ -104,13 +122,14 @@ class MetricsLogger:
         wandb_run: Any = None,
         console: bool = True,
         append: bool = False,
+        eval_key: str = "eval/reward_mean",
     ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not append:
             self.path.write_text("", encoding="utf-8")
         self.wandb_run = wandb_run
-        self.console = console
+        self.console, self.eval_key = console, eval_key
         self._log = structlog.get_logger("turnrl.metrics")
 
     def log(self, step: int, metrics: dict[str, Any], *, echo: bool = True) -> None:
@@ -121,7 +140,7 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
         if self.console and echo:
-            self._log.info(console_line(step, metrics))
+            self._log.info(console_line(step, metrics, self.eval_key))
 
     def log_samples(
         self, step: int, trajectories: Sequence[Trajectory], *, table: str, limit: int = 16

@@ -2,8 +2,8 @@
 
 One tqdm bar counts training steps; its description says what the current
 step is doing (``rollout 37/128``, ``update 3/8``, ``eval 120/400``) and its
-postfix shows the last step's reward and KL. tqdm comes with transformers, so
-this adds no dependency.
+postfix shows the last step's reward and KL, and ``eval.metric`` after an
+evaluation. tqdm comes with transformers, so this adds no dependency.
 
 By default the bar is drawn only when stderr is a terminal (``run.progress``
 overrides it), so logs written to files and CI output stay clean. Log lines
@@ -28,6 +28,7 @@ class Progress:
         initial: Steps already done (a resumed run).
         enabled: Draw the bar; None draws it when stderr is a terminal.
         min_interval_s: Least time between redraws of the description.
+        eval_key: The eval metric shown after an evaluation (``eval.metric``).
     """
 
     def __init__(
@@ -37,8 +38,10 @@ class Progress:
         initial: int = 0,
         enabled: bool | None = None,
         min_interval_s: float = 0.1,
+        eval_key: str = "eval/reward_mean",
     ) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.eval_key = eval_key
         self.min_interval_s = min_interval_s
         self._last = 0.0
         self.bar = tqdm(
@@ -69,8 +72,8 @@ class Progress:
             value = metrics.get(key)
             if isinstance(value, int | float):
                 shown[short] = f"{value:.3f}"
-        if "eval/reward_mean" in metrics and metrics["eval/reward_mean"] is not None:
-            shown["eval"] = f"{metrics['eval/reward_mean']:.3f}"
+        if isinstance(metrics.get(self.eval_key), int | float):
+            shown["eval"] = f"{metrics[self.eval_key]:.3f}"
         self.bar.set_description_str("train", refresh=False)
         self.bar.set_postfix(shown, refresh=False)
         self.bar.update(1)

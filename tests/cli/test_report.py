@@ -1,5 +1,6 @@
 """Run reports: the PNG, hand-worked summary values, and damaged metrics files."""
 
+import json
 import re
 
 import pytest
@@ -107,3 +108,15 @@ def test_missing_run_dir_or_metrics_file_or_records(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="has no records yet"):
         summarize_run(tmp_path)
+
+
+def test_summary_follows_eval_metric_and_mode(run_dir, write_metrics):
+    records = [{"step": s, "eval/turns_mean": v} for s, v in ((0, 3.0), (10, 1.5), (20, 2.0))]
+    write_metrics(run_dir, records)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["eval"] |= {"metric": "turns_mean", "mode": "min"}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    s = summarize_run(run_dir)
+    assert s["eval_metric"] == "eval/turns_mean"
+    assert (s["eval_best"], s["eval_best_step"]) == (1.5, 10)  # min: fewer turns is better
+    assert "eval turns_mean, best" in format_summary(s)

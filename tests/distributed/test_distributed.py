@@ -1,6 +1,7 @@
 """DDP under torchrun on CPU (gloo, 2 processes): same update as one process, rank 0 writes,
 a failing rank ends the job."""
 
+import json
 import os
 import subprocess
 import sys
@@ -105,6 +106,8 @@ def test_two_process_training_run_writes_once(tiny_path, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3  # eval before + 2 steps, written by rank 0 only
+    # The stderr gathers both ranks' per-scenario means (a collective every rank joins).
+    assert "eval/reward_mean_stderr" in json.loads(lines[0])
     assert (run_dir / "final" / "config.json").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.json",

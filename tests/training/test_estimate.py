@@ -1,5 +1,8 @@
 """The estimate step: KL in the reward, the estimator's shape, whitening as the table says."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -8,6 +11,7 @@ from turnrl.training.advantages import per_token
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.estimate import estimate
+from turnrl.training.value import critic_stats
 
 
 def _batch():
@@ -59,3 +63,29 @@ def test_whitening_follows_the_table_unless_configured():
 def test_an_estimator_of_the_wrong_shape_is_refused():
     with pytest.raises(ValueError, match=r"returned shape \(4,\), expected \(4, 3\)"):
         estimate(_batch(), lambda batch, values=None: batch.rewards, _config())
+
+
+def test_critic_stats_hand_worked():
+    values = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    returns = torch.tensor([[2.0, 2.0, 4.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last token does not count
+    stats = critic_stats(values, returns, mask)
+    # returns 2, 2, 4: mean 8/3, variance (4/9 + 4/9 + 16/9) / 3 = 8/9;
+    # returns - values = 1, 0, 1: mean 2/3, variance (1/9 + 4/9 + 1/9) / 3 = 2/9;
+    # explained variance 1 - (2/9) / (8/9) = 0.75.
+    assert stats["explained_variance"] == pytest.approx(0.75)
+    assert stats["value_mean"] == pytest.approx(2.0)
+    assert stats["return_mean"] == pytest.approx(8 / 3)
+    flat = critic_stats(values, torch.full_like(values, 5.0), mask)
+    assert math.isnan(flat["explained_variance"])  # returns that do not vary explain nothing
+
+
+def test_estimate_reports_the_critic_fit_when_there_are_values():
+    batch = dataclasses.replace(_batch(), values=torch.zeros(4, 3))
+    _, metrics = estimate(batch, raw_rewards, _config(estimator="gae"))
+    # Zero values: the returns are the advantages themselves, and a critic that
+    # predicts 0 everywhere explains none of their variance.
+    assert metrics["train/explained_variance"] == pytest.approx(0.0)
+    assert metrics["train/value_mean"] == 0.0
+    _, metrics = estimate(_batch(), raw_rewards, _config())
+    assert "train/explained_variance" not in metrics  # no critic, no values

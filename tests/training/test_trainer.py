@@ -71,9 +71,16 @@ async def test_seeded_run_improves_reward_and_writes_run_dir(tiny_path, tmp_path
         "rollout/frac_zero_std",
     ):
         assert key in steps[-1], key
-    assert records[0]["step"] == 0 and "eval/reward_mean" in records[0]
-    assert "eval/reward_mean" in steps[-1]
-    assert summary["eval_before"] is not None and summary["steps"] == 12
+    # The evaluation before training holds every eval metric, each mean with its stderr.
+    assert records[0]["step"] == 0
+    for key in ("eval/reward_mean", "eval/reward/digits_only", "eval/reward/env_return"):
+        assert key in records[0] and f"{key}_stderr" in records[0], key
+        assert f"{key}_stderr" in steps[-1], key
+    assert summary["eval_metric"] == "eval/reward_mean"
+    assert summary["eval_before"] == records[0]["eval/reward_mean"]
+    assert summary["eval_before_stderr"] == records[0]["eval/reward_mean_stderr"]
+    assert summary["eval_after"] == steps[-1]["eval/reward_mean"]
+    assert summary["steps"] == 12 and summary["stopped_by"] is None
     assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 3e-3
     reloaded = AutoModelForCausalLM.from_pretrained(run / "final")
     torch.testing.assert_close(reloaded.lm_head.weight, agent.model.lm_head.weight)
@@ -171,6 +178,9 @@ async def test_each_estimator_runs_a_training_step(tiny_agent, tmp_path, estimat
     assert metrics["train/skipped_nonfinite"] == 0.0
     if estimator == "gae":
         assert "loss/value" in metrics
+        # The head starts at zero: every value is 0 and explains nothing yet.
+        assert metrics["train/value_mean"] == 0.0
+        assert metrics["train/explained_variance"] == pytest.approx(0.0, abs=1e-6)
         assert not torch.equal(head, trainer.value_model.head.weight)
         trainer.save(tmp_path / "saved")
         assert (tmp_path / "saved" / "value_model.safetensors").exists()

@@ -28,14 +28,9 @@ from turnrl.logging import configure_logging
 from turnrl.rewards.combine import as_reward, with_timeout
 from turnrl.training.config_files import read_json_object
 from turnrl.training.distributed import DistributedContext, seed_everything
-from turnrl.training.evaluation import play_and_score
+from turnrl.training.evaluation import eval_metrics, play_and_score
 from turnrl.training.export import load_policy, resolve_policy_dir
-from turnrl.training.rollout import (
-    check_environment,
-    configure_engine,
-    rollout_metrics,
-    with_limits,
-)
+from turnrl.training.rollout import check_environment, configure_engine, with_limits
 from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
 
 
@@ -178,7 +173,7 @@ async def evaluate_run(
         )
     seed_everything(experiment_config.run.seed)  # the same command gives the same numbers
     groups = await evaluate_policy(experiment, scenarios)
-    metrics = rollout_metrics(groups, prefix="eval")
+    metrics = eval_metrics(groups, DistributedContext())  # as the run's evaluations: with _stderr
     out.mkdir(parents=True, exist_ok=True)
     save_jsonl(flatten(groups), out / "eval_samples.jsonl")
     result = {

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from turnrl.plots import EVAL_REWARD, KL, REWARD, plot_run, run_records, series
+from turnrl.plots import KL, REWARD, eval_metric, plot_run, run_records, series
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,8 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
         run_dir: The run directory.
 
     Returns:
-        A dict with ``run_dir``, ``steps``, ``eval_first``/``_step``,
+        A dict with ``run_dir``, ``steps``, ``eval_metric`` (the run's
+        ``eval.metric``; ``best`` follows its ``eval.mode``), ``eval_first``/``_step``,
         ``eval_last``/``_step``, ``eval_best``/``_step``,
         ``reward_first_10pct``, ``reward_last_10pct``, ``kl_final``,
         ``step_s_mean``, ``step_s_total``, and ``config``: None without a
@@ -60,8 +61,10 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     records = run_records(run_dir)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": records[-1]["step"]}
 
-    eval_steps, evals = series(records, EVAL_REWARD)
-    best = max(range(len(evals)), key=lambda i: (evals[i], -eval_steps[i]), default=None)
+    summary["eval_metric"], mode = eval_metric(run_dir)
+    eval_steps, evals = series(records, summary["eval_metric"])
+    sign = 1 if mode == "max" else -1
+    best = max(range(len(evals)), key=lambda i: (sign * evals[i], -eval_steps[i]), default=None)
     for name, i in (("first", 0), ("last", -1), ("best", best)):
         has = bool(evals) and i is not None
         summary[f"eval_{name}"] = evals[i] if has else None
@@ -126,7 +129,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name in ("first", "last", "best"):
         value, step = summary[f"eval_{name}"], summary[f"eval_{name}_step"]
         at = f"  (step {step})" if step is not None else ""
-        rows.append((f"eval reward, {name}", _fmt(value) + at))
+        metric = summary.get("eval_metric", "eval/reward_mean").removeprefix("eval/")
+        rows.append((f"eval {metric}, {name}", _fmt(value) + at))
     rows += [
         ("rollout reward, first 10%", _fmt(summary["reward_first_10pct"])),
         ("rollout reward, last 10%", _fmt(summary["reward_last_10pct"])),

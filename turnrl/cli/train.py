@@ -54,9 +54,15 @@ def command(args: argparse.Namespace) -> int:
         )
         return stop.exit_code
     print()
-    for key, label in (("eval_before", "held-out reward before"), ("eval_after", "after")):
+    if result["eval_before"] is not None or result["eval_after"] is not None:
+        print(f"  {'held-out metric':<24}: {result['eval_metric'].removeprefix('eval/')}")
+    for key, label in (("eval_before", "before"), ("eval_after", "after")):
         if result[key] is not None:
-            print(f"  {label:<24}: {result[key]:.3f}")
+            stderr = result[f"{key}_stderr"]
+            error = f" ± {stderr:.3f} (stderr over scenarios)" if stderr is not None else ""
+            print(f"  {label:<24}: {result[key]:.3f}{error}")
+    if result["stopped_by"]:
+        print(f"  {'stopped by':<24}: {result['stopped_by']}")
     print(f"  {'steps':<24}: {result['steps']}")
     if config.warmstart is not None and not args.resume:
         print(f"  {'warm-start time':<24}: {result['warmstart_s']:.0f} s")

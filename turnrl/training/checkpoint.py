@@ -14,7 +14,8 @@ everything the next step depends on:
 - ``optimizer.pt``: optimizer, LR schedule and GradScaler states (tensors and
   plain containers only);
 - ``rng.pt``: the python, numpy, torch (and CUDA) generator states;
-- ``trainer.json``: the step count and the position in the scenario order;
+- ``trainer.json``: the step count, the position in the scenario order and the
+  callbacks' states (early stopping's best value and count...);
 - ``config.json``: the configuration it was written with.
 
 It is written into a temporary sibling directory and renamed into place, so a
@@ -222,8 +223,9 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """The checked contents of a checkpoint's ``trainer.json``.
 
     Returns:
-        ``step`` (int), ``order`` (list of scenario indices) and ``order_rng``
-        (a ``random.Random`` state).
+        ``step`` (int), ``order`` (list of scenario indices), ``order_rng``
+        (a ``random.Random`` state) and ``callbacks`` (the callbacks' states;
+        empty for a checkpoint written before callbacks kept any).
 
     Raises:
         CheckpointError: The file is missing, not JSON, or holds other values.
@@ -241,13 +243,16 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
         ):
             raise ValueError("order must be a list of scenario indices")
         random.Random().setstate(order_rng)
+        callbacks = info.get("callbacks", {})
+        if not isinstance(callbacks, dict):
+            raise ValueError("callbacks must be a mapping of callback states")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: not valid JSON ({e})") from None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"{file}: expected {{step, order, order_rng}} as the trainer writes them ({e})"
         ) from None
-    return {"step": step, "order": order, "order_rng": order_rng}
+    return {"step": step, "order": order, "order_rng": order_rng, "callbacks": callbacks}
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:

@@ -292,6 +292,31 @@ class EvalConfig(Section):
         1.0, ge=0, description="Eval sampling temperature (0: greedy, then one sample suffices)."
     )
     max_scenarios: int | None = Field(None, ge=1, description="Cap on held-out scenarios used.")
+    metric: str = Field(
+        "reward_mean",
+        min_length=1,
+        description="The eval metric train() reports as eval_before/eval_after and that "
+        "early stopping and keep_best compare, named without 'eval/': reward_mean (the "
+        "environment's reward plus the weighted reward functions), reward/env_return (the "
+        "environment's own), reward/<name> (one reward function's raw score), turns_mean...",
+    )
+    mode: Literal["max", "min"] = Field(
+        "max", description="Whether a larger (max) or smaller (min) eval.metric is better."
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop training after this many evaluations in a row that do not improve "
+        "eval.metric by more than min_delta (None: never stop early).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="Least change of eval.metric that counts as an improvement."
+    )
+    keep_best: bool = Field(
+        False,
+        description="Save the policy with the best eval.metric so far to <output_dir>/best "
+        "(save_pretrained, with best.json naming its step and value).",
+    )
 
 
 class RunConfig(Section):

@@ -152,6 +152,15 @@ def all_sum(values: Sequence[float], ctx: DistributedContext) -> list[float]:
     return tensor.tolist()
 
 
+def gather(item: T, ctx: DistributedContext) -> list[T]:
+    """Every rank's ``item``, in rank order (``[item]`` for a single process)."""
+    if not ctx.enabled:
+        return [item]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, item)
+    return gathered
+
+
 def all_agree(flag: bool, ctx: DistributedContext) -> bool:
     """Whether ``flag`` is true on every rank."""
     if not ctx.enabled:

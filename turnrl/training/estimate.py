@@ -18,7 +18,7 @@ from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import AlgorithmConfig, TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum
 from turnrl.training.losses import KL_ESTIMATORS
-from turnrl.training.value import state_values
+from turnrl.training.value import critic_stats, state_values
 
 
 def estimate(
@@ -31,7 +31,9 @@ def estimate(
 
     Returns:
         The batch with ``advantages`` (and ``returns`` when it has values),
-        and metrics (``train/kl_penalty`` when the KL is in the reward).
+        and metrics (``train/kl_penalty`` when the KL is in the reward; with a
+        critic ``train/explained_variance``, ``train/value_mean`` and
+        ``train/return_mean``, see :func:`~turnrl.training.value.critic_stats`).
 
     Raises:
         ValueError: The estimator returned advantages of the wrong shape.
@@ -53,6 +55,8 @@ def estimate(
     returns = None
     if batch.values is not None:
         returns = (advantages + state_values(batch.values)) * batch.loss_mask
+        critic = critic_stats(state_values(batch.values), returns, batch.loss_mask)
+        metrics |= {f"train/{name}": value for name, value in critic.items()}
     whitening = algo.whiten_advantages
     if whitening is None:
         whitening = algorithm_for(algo).whiten_advantages

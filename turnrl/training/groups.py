@@ -1,5 +1,6 @@
-"""Which collected groups a step learns from, and when a step has failed.
+"""Scoring a step's groups, which of them it learns from, and when a step has failed.
 
+:func:`score_step` rewards the groups and raises when too many episodes failed.
 A group is kept when enough of its episodes finished (``rollout.min_group_size``)
 and, with ``algorithm.skip_tied_groups``, when its rewards are not all equal
 (a group-relative estimator gives such a group zero advantage everywhere).
@@ -10,10 +11,34 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
+from turnrl.rewards import RewardFunction, score_groups
 from turnrl.training.config import TrainingConfig
 from turnrl.training.errors import RolloutFailureError
+from turnrl.training.rollout import rollout_metrics
 from turnrl.types import TrajectoryGroup, flatten
+
+
+async def score_step(
+    groups: Sequence[TrajectoryGroup],
+    rewards: RewardFunction | None,
+    config: TrainingConfig,
+    step: int,
+) -> dict[str, Any]:
+    """Reward step ``step``'s groups (those given with rewards keep them).
+
+    Returns:
+        The ``reward/*`` and ``rollout/*`` metrics.
+
+    Raises:
+        RolloutFailureError: More than ``rollout.max_failed_frac`` of the episodes failed.
+    """
+    unscored = [g for g in groups if any(t.reward is None for t in g.ok)]
+    metrics: dict[str, Any] = await score_groups(unscored, rewards)
+    metrics |= rollout_metrics(groups)
+    check_failures(groups, config.rollout.max_failed_frac, step)
+    return metrics
 
 
 def filter_groups(

@@ -137,8 +137,9 @@ def _loaded_from(model: torch.nn.Module) -> str | None:
 def save_pretrained(models: TrainingModels, tokenizer: Any, path: Path, *, merge: bool) -> None:
     """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
 
-    With LoRA this stores the adapter, or with ``merge=True`` a plain model
-    with the adapters merged in.
+    With LoRA this stores the adapter (load it with peft on top of the base
+    model), or with ``merge=True`` a plain model with the adapters merged in,
+    loadable with ``AutoModelForCausalLM.from_pretrained``.
     """
     policy = models.policy
     model = merged_copy(policy) if merge and is_peft_model(policy) else policy
@@ -147,6 +148,16 @@ def save_pretrained(models: TrainingModels, tokenizer: Any, path: Path, *, merge
     pin_adapter_base(path)
     if models.value_model is not None:
         models.value_model.save(path)
+
+
+def sync_weights(policy: torch.nn.Module, engine: Any, version: int) -> None:
+    """Hand the updated policy to the inference engine as ``version``.
+
+    Only trainable tensors are sent (LoRA: the adapters), lazily: an engine
+    that shares the policy's parameters never reads them, so this costs nothing.
+    """
+    trainable = ((n, p.detach()) for n, p in policy.named_parameters() if p.requires_grad)
+    engine.update_weights(trainable, version)
 
 
 def _ddp(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:

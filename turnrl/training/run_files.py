@@ -10,6 +10,7 @@ checkpoints and the closing files (final model, plot). The rules it applies
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from turnrl.training.checkpoint import (
     step_of,
 )
 from turnrl.training.config import TrainingConfig
+from turnrl.training.evaluation import metric_key
 from turnrl.training.models import TrainingModels
 from turnrl.training.optim import Optimization
 from turnrl.training.resume import resume_run
 from turnrl.training.rundir import RunLock
+from turnrl.types import Trajectory, save_jsonl
 
 
 class RunFiles:
@@ -85,7 +88,12 @@ class RunFiles:
                 self.config.save(self.path / "config.json")
             if self.is_main:
                 wandb_run = init_wandb(self.config.wandb, self.path, self.config.model_dump())
-                self.metrics = MetricsLogger(self.path, wandb_run=wandb_run, append=bool(resume))
+                self.metrics = MetricsLogger(
+                    self.path,
+                    wandb_run=wandb_run,
+                    append=bool(resume),
+                    eval_key=metric_key(self.config.eval),
+                )
             return state
         except BaseException:
             self._lock.release()
@@ -108,6 +116,12 @@ class RunFiles:
         )
         self._reference_file = saved_reference(path, models)
         return path
+
+    def save_eval_samples(self, step: int, trajectories: Sequence[Trajectory]) -> None:
+        """Write an evaluation's episodes to ``eval_samples.jsonl`` and wandb (rank 0)."""
+        if self.is_main:
+            save_jsonl(trajectories, self.path / "eval_samples.jsonl")
+            self.metrics.log_samples(step, trajectories, table="eval/samples")
 
     def checkpoint_of(self, step: int) -> Path | None:
         """The checkpoint of ``step`` if the latest one holds it (rank 0)."""

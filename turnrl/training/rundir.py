@@ -47,11 +47,15 @@ RUN_FILES = (
     "eval_samples.jsonl",
     "checkpoints",
     "final",
+    "best",
+    ".best.tmp",  # KeepBest's folders while it replaces best/
+    ".best.old",
     "eval",
 )
 # Settings a resumed run may change without leaving the uninterrupted run's path:
 # how long it runs, what it reports and where, and evaluation (which never feeds
-# back into training). A dotted key matches itself and everything under it.
+# back into training; its early stopping only ends it sooner). A dotted key matches
+# itself and everything under it.
 HARMLESS = (
     "profile",
     "run.output_dir",

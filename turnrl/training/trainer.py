@@ -7,14 +7,15 @@ estimate in :mod:`.estimate`, update in :mod:`.update`, sync through the agent's
 :class:`~turnrl.agents.inference.InferenceEngine`, log in :mod:`turnrl.logging`.
 The models come from :mod:`.models`; the run directory, checkpoints and resume
 from :mod:`.run_files`; a first SIGINT/SIGTERM ends the run after the step in
-flight with a checkpoint (:mod:`.signals`).
+flight with a checkpoint (:mod:`.signals`). The progress bar, periodic checkpoints,
+early stopping, the best model and user code run as callbacks (:mod:`.callbacks`).
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,15 @@ from turnrl.agents.base import TrainableAgent
 from turnrl.environments.base import Environment
 from turnrl.logging import ensure_logging
 from turnrl.progress import Progress
-from turnrl.rewards import score_groups
 from turnrl.rewards.combine import RewardsArg, as_reward, with_timeout
 from turnrl.training.advantages import AdvantageEstimator
 from turnrl.training.algorithms import algorithm_for, check_custom_estimator
 from turnrl.training.batch import RolloutBatch, build_batch
+from turnrl.training.callbacks import Callback, TrainerControl, trainer_callbacks
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import (
     all_agree,
+    all_sum,
     context_from_env,
     init_process_group,
     mean_metrics,
@@ -43,10 +45,10 @@ from turnrl.training.distributed import (
 from turnrl.training.errors import NonFiniteStreak, TrainingInterrupted
 from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
-from turnrl.training.evaluation import play_and_score
+from turnrl.training.evaluation import EvalReport, eval_metrics, play_and_score
 from turnrl.training.generation import resolve_generation
-from turnrl.training.groups import check_failures, filter_groups
-from turnrl.training.models import build_models, record_model, save_pretrained
+from turnrl.training.groups import filter_groups, score_step
+from turnrl.training.models import build_models, record_model, save_pretrained, sync_weights
 from turnrl.training.optim import make_optimization
 from turnrl.training.perf import StepClock
 from turnrl.training.rollout import (
@@ -55,13 +57,12 @@ from turnrl.training.rollout import (
     check_scenarios,
     collect,
     configure_engine,
-    rollout_metrics,
     with_limits,
 )
 from turnrl.training.run_files import RunFiles
 from turnrl.training.signals import StopSignals
 from turnrl.training.update import logprobs_and_values, policy_update
-from turnrl.types import Scenario, TrajectoryGroup, flatten, save_jsonl
+from turnrl.types import Scenario, TrajectoryGroup, flatten
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,9 @@ class Trainer:
         force_resume: Resume even though settings that change training (lr,
             group size, beta, estimator, seed, model...) differ from the
             checkpoint's; the new values apply from the checkpoint's step on.
+        callbacks: :class:`~turnrl.training.callbacks.Callback` instances that
+            :meth:`train` runs after the built-in progress bar, early stopping
+            and best model, before the checkpoint writer (:mod:`.callbacks`).
 
     The run directory is locked until :meth:`close` (which :meth:`train`
     calls); one that holds files is refused unless resuming or with
@@ -114,6 +118,7 @@ class Trainer:
         estimator: AdvantageEstimator | None = None,
         resume: bool | str | Path = False,
         force_resume: bool = False,
+        callbacks: Iterable[Callback] = (),
     ) -> None:
         ensure_logging()
         # Checked before anything is built or changed, naming the fix.
@@ -157,6 +162,8 @@ class Trainer:
         self._nonfinite = NonFiniteStreak(config.optim.max_nonfinite_steps)
         self.order = ScenarioOrder(self.scenarios, config.run.seed)
         self._signals = StopSignals()
+        self.control, self.evals = TrainerControl(), EvalReport(config.eval)
+        self.callbacks = trainer_callbacks(self, callbacks)  # checked before files are touched
         self.files = RunFiles(config, is_main=self.dist.is_main)
         self.run_dir = self.files.path
         state = self.files.open(resume, self.models, self.optim, force_resume=force_resume)
@@ -169,8 +176,10 @@ class Trainer:
         """Run the configured number of steps.
 
         Returns:
-            ``eval_before``, ``eval_after`` (mean held-out reward, or None
-            without eval scenarios), ``steps`` and ``wall_s``.
+            ``eval_metric`` (``eval.metric``'s key), ``eval_before`` and
+            ``eval_after`` (its value before training and at the last
+            evaluation, None without eval scenarios) with their ``_stderr``,
+            ``steps``, ``wall_s`` and ``stopped_by`` (a callback's reason, or None).
 
         Raises:
             TrainingInterrupted: A SIGINT/SIGTERM arrived; training stopped after
@@ -191,25 +200,27 @@ class Trainer:
     def close(self, *, wait_for_others: bool = True) -> None:
         """Release the run directory and leave the process group joined under torchrun.
 
-        :meth:`train` calls it. A script that drives :meth:`step` itself should call
-        it once every rank is done: a process that exits still holding a gloo group
-        can abort at exit. ``wait_for_others=False`` skips the barrier (after an error,
-        when other ranks may never reach it).
+        :meth:`train` calls it; a script driving :meth:`step` calls it once every rank is
+        done (a process exiting in a gloo group can abort). ``wait_for_others=False``
+        skips the barrier (after an error, when other ranks may never reach it).
         """
         self.files.release()
         if self._owns_group:
             shutdown(wait_for_others=wait_for_others)
             self._owns_group = False
 
-    def _stop_requested(self) -> bool:
-        """Whether a stop signal arrived (on any rank: every rank stops at the same step)."""
-        if not self.dist.enabled:
-            return self._signals.received is not None
-        return not all_agree(self._signals.received is None, self.dist)
+    def _should_stop(self) -> bool:
+        """Whether a callback asked to stop (on any rank); a stop signal raises in :meth:`_stop`."""
+        signalled, asked = all_sum(
+            [self._signals.received is not None, self.control.should_stop], self.dist
+        )
+        if signalled:
+            self._stop()
+        return bool(asked)
 
     def _stop(self) -> None:
         """Checkpoint this step (unless just written), draw the plot, raise TrainingInterrupted."""
-        checkpoint = self.files.checkpoint_of(self.step_count) or self.save_checkpoint()
+        checkpoint = self.save_checkpoint()
         self.files.finish()
         signum = self._signals.received or signal.SIGTERM  # a rank told by another rank
         log.warning("stopped", step=self.step_count, checkpoint=str(checkpoint))
@@ -217,45 +228,43 @@ class Trainer:
 
     async def _train(self) -> dict[str, Any]:
         started = time.perf_counter()
-        eval_before = eval_after = None
-        run = self.config.run
-        self.progress = Progress(
-            run.max_steps,
-            initial=self.step_count,
-            enabled=run.progress if self.dist.is_main else False,
-        )
+        run, self.control = self.config.run, TrainerControl()
+        self.callbacks.fire("on_train_begin", self)
         try:
             if self.eval_scenarios and self.resumed_from is None:
-                # .get: when every eval episode failed there is no mean (None, logged).
-                eval_before = (await self.evaluate()).get("eval/reward_mean")
-                self.metrics.log(self.step_count, {"eval/reward_mean": eval_before})
-            while self.step_count < run.max_steps and not self._stop_requested():
+                self.metrics.log(self.step_count, await self._evaluate_in_run(before=True))
+            while self.step_count < run.max_steps and not self._should_stop():
                 metrics = await self.step()
                 every, last = self.config.eval.every, self.step_count == run.max_steps
                 if self.eval_scenarios and (last or (every and self.step_count % every == 0)):
-                    metrics |= await self.evaluate()
-                    eval_after = metrics.get("eval/reward_mean")
+                    metrics |= await self._evaluate_in_run()
                 echo = self.step_count % run.log_every == 0 or last
                 self.metrics.log(self.step_count, metrics, echo=echo)
-                self.progress.step_done(metrics)
-                if run.checkpoint_every and (last or self.step_count % run.checkpoint_every == 0):
-                    self.save_checkpoint()
+                self.callbacks.fire("on_step_end", self, metrics)
+            if self.eval_scenarios and self.evals.last_step != self.step_count:
+                self.metrics.log(self.step_count, await self._evaluate_in_run())  # stopped early
         finally:
             self.progress.close()
-        if self.step_count < run.max_steps:  # the loop ended early: a stop signal
-            self._stop()
         if run.save_final:
             self.save(self.run_dir / "final")
-        self.files.finish()
         summary = {
-            "eval_before": eval_before,
-            "eval_after": eval_after,
+            **self.evals.summary(),
             "steps": self.step_count,
             "wall_s": time.perf_counter() - started,
+            "stopped_by": self.control.reason,
         }
+        self.callbacks.fire("on_train_end", self, summary)
+        self.files.finish()
         if self.dist.is_main:
             log.info("train_done", **summary, run_dir=str(self.run_dir))
         return summary
+
+    async def _evaluate_in_run(self, *, before: bool = False) -> dict[str, Any]:
+        """Evaluate, keep ``eval.metric`` for the summary, and run ``on_evaluate``."""
+        metrics = await self.evaluate()
+        self.evals.record(self.step_count, metrics, before=before)
+        self.callbacks.fire("on_evaluate", self, metrics)
+        return metrics
 
     async def step(self, groups: Sequence[TrajectoryGroup] | None = None) -> dict[str, Any]:
         """One training step; collects fresh groups unless ``groups`` is given."""
@@ -263,7 +272,8 @@ class Trainer:
         if groups is None:
             groups = await self.collect_groups()
         clock.rollout_done()
-        metrics = await self._score(groups)
+        # self.rewards already carries rollout.reward_timeout_s (with_timeout in __init__).
+        metrics = await score_step(groups, self.rewards, self.config, self.step_count + 1)
         kept, filtered = filter_groups(groups, self.config)
         metrics |= filtered
         self.step_count += 1
@@ -275,18 +285,9 @@ class Trainer:
             self._nonfinite.update(bool(metrics["train/skipped_nonfinite"]), self.step_count)
         else:
             log.warning("step_skipped", step=self.step_count, reason="no group to learn from")
-        self._sync_weights()
+        sync_weights(self.policy, self.agent.engine, self.step_count)
         metrics |= clock.metrics(self.device)
         return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
-
-    async def _score(self, groups: Sequence[TrajectoryGroup]) -> dict[str, Any]:
-        """Reward the groups (those given with rewards keep them) and check the failures."""
-        unscored = [g for g in groups if any(t.reward is None for t in g.ok)]
-        # self.rewards already carries rollout.reward_timeout_s (with_timeout in __init__).
-        metrics: dict[str, Any] = await score_groups(unscored, self.rewards)
-        metrics |= rollout_metrics(groups)
-        check_failures(groups, self.config.rollout.max_failed_frac, self.step_count + 1)
-        return metrics
 
     def prepare_batch(self, groups: Sequence[TrajectoryGroup]) -> RolloutBatch:
         """``groups`` tokenized, with the policy's and the reference's log-probs and the
@@ -316,15 +317,6 @@ class Trainer:
             on_micro_batch=lambda done, total: self.progress.phase("update", done, total),
         )
 
-    def _sync_weights(self) -> None:
-        """Hand the updated policy to the engine as version ``step_count``.
-
-        Only trainable tensors are sent (LoRA: the adapters), lazily: an engine
-        that shares the policy's parameters never reads them, so this costs nothing.
-        """
-        trainable = ((n, p.detach()) for n, p in self.policy.named_parameters() if p.requires_grad)
-        self.agent.engine.update_weights(trainable, self.step_count)
-
     async def collect_groups(self) -> list[TrajectoryGroup]:
         """Roll out the next B training scenarios, G episodes each (no update)."""
         scenarios = self.order.take(self.config.rollout.scenarios_per_step)
@@ -345,11 +337,11 @@ class Trainer:
     async def evaluate(
         self, scenarios: Sequence[Scenario] | None = None, *, save_samples: bool = True
     ) -> dict[str, float]:
-        """Mean reward on held-out scenarios (``eval/*`` metrics).
+        """Mean reward on held-out scenarios (``eval/*`` metrics, with ``_stderr``).
 
         With several processes each rank plays its share of the scenarios and
         the metrics are averaged over all episodes; ``eval_samples.jsonl``
-        holds rank 0's share.
+        holds rank 0's share. See :mod:`.evaluation` for the standard errors.
         """
         groups = await play_and_score(
             self.agent,
@@ -360,39 +352,46 @@ class Trainer:
             self.dist,
             on_episode=lambda done, total: self.progress.phase("eval", done, total),
         )
-        if save_samples and self.dist.is_main:
-            save_jsonl(flatten(groups), self.run_dir / "eval_samples.jsonl")
-            self.metrics.log_samples(self.step_count, flatten(groups), table="eval/samples")
-        metrics = rollout_metrics(groups, prefix="eval")
-        return mean_metrics(metrics, self.dist, weight=float(len(flatten(groups))))
+        if save_samples:
+            self.files.save_eval_samples(self.step_count, flatten(groups))
+        return eval_metrics(groups, self.dist)
 
     def save_checkpoint(self) -> Path | None:
-        """Write a resumable checkpoint of this step (rank 0; see :mod:`.checkpoint`)."""
+        """Write a resumable checkpoint of this step (rank 0; see :mod:`.checkpoint`).
+
+        A step is written once: if the latest checkpoint holds it, that one is returned.
+        """
+        if (path := self.files.checkpoint_of(self.step_count)) is not None:
+            return path
         path = self.files.save_checkpoint(self.models, self.optim, self.state_dict())
         if path is not None:
             log.info("checkpoint_saved", step=self.step_count, path=str(path))
+            self.callbacks.fire("on_save", self, path)
         return path
 
     def state_dict(self) -> dict[str, Any]:
-        """The loop's own state: the step count and the position in the scenario order.
+        """The loop's own state: the step, the scenario order's position, the callbacks'.
 
         The models, optimizer and random generators are saved beside it by
         :func:`~turnrl.training.checkpoint.save_checkpoint`.
         """
-        return {"step": self.step_count, **self.order.state_dict()}
+        return {
+            "step": self.step_count,
+            **self.order.state_dict(),
+            "callbacks": self.callbacks.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.step_count = state["step"]
         self.order.load_state_dict(state)
+        self.callbacks.load_state_dict(state.get("callbacks", {}))
 
     def save(self, path: str | Path, *, merge: bool = False) -> Path:
         """``save_pretrained`` the policy and tokenizer (and the value model) into ``path``.
 
-        With LoRA this stores the adapter (load it with peft on top of the base
-        model), or with ``merge=True`` a plain model with the adapters merged
-        in, loadable with ``AutoModelForCausalLM.from_pretrained``. With several
-        processes only rank 0 writes.
+        With LoRA the adapter, or with ``merge=True`` a plain model (see
+        :func:`.models.save_pretrained`). With several processes only rank 0 writes.
         """
         path = Path(path)
         if self.dist.is_main:

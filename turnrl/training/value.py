@@ -91,3 +91,32 @@ def state_values(values: torch.Tensor) -> torch.Tensor:
     (N, T) -> (N, T); column 0 is 0.
     """
     return torch.nn.functional.pad(values[:, :-1], (1, 0))
+
+
+def critic_stats(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """How well the critic's values predict their targets, over the masked tokens.
+
+    ``explained_variance = 1 - Var[returns - values] / Var[returns]``: 1 for a
+    perfect critic, 0 for one no better than the mean return, negative for a
+    worse one (nan when the returns do not vary). ``value_mean`` and
+    ``return_mean`` show whether the critic's level follows the rewards.
+
+    Args:
+        values: Shape (N, T), the values the advantages were estimated with.
+        returns: Shape (N, T), the value targets.
+        mask: Shape (N, T), 1 on the tokens that count.
+
+    Returns:
+        ``explained_variance``, ``value_mean`` and ``return_mean``.
+    """
+    m = mask.bool()
+    v, r = values[m].double(), returns[m].double()  # (K,)
+    var_r = r.var(unbiased=False)
+    explained = 1 - (r - v).var(unbiased=False) / var_r if var_r > 0 else torch.tensor(float("nan"))
+    return {
+        "explained_variance": explained.item(),
+        "value_mean": v.mean().item(),
+        "return_mean": r.mean().item(),
+    }
