@@ -73,6 +73,7 @@ def test_eval_on_the_run_and_on_its_checkpoint(trained_run, capsys):
     assert main(["eval", str(trained_run), "--num-generations", "1"]) == 0
     results = json.loads((trained_run / "eval" / "eval_results.json").read_text())
     assert results["scenarios"] == 4 and 0.0 <= results["eval/reward_mean"] <= 1.0
+    assert results["eval/reward_mean_stderr"] >= 0.0  # as the run's own evaluations report
     assert (trained_run / "eval" / "eval_samples.jsonl").exists()
     checkpoint = latest_checkpoint(trained_run)
     out = tmp = trained_run / "eval-ckpt"
