@@ -29,6 +29,7 @@ from turnrl.rewards import score_groups
 from turnrl.rewards.combine import RewardsArg, as_reward, with_timeout
 from turnrl.training.advantages import AdvantageEstimator
 from turnrl.training.algorithms import algorithm_for, check_custom_estimator
+from turnrl.training.auto_lr import resolve_lr
 from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import (
@@ -124,6 +125,7 @@ class Trainer:
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
         config = resolve_generation(config or TrainingConfig.from_profile(), agent)
         self.config = config = record_model(config, agent)
+        self.config = config = resolve_lr(config, agent.model)  # optim.lr: auto
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)
