@@ -69,6 +69,14 @@ def test_dry_run_builds_everything_and_writes_nothing(tmp_path, capsys, monkeypa
     assert not out_dir.exists()
 
 
+def test_dry_run_shows_the_lr_auto_resolves_to(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["--set", f"run.output_dir={tmp_path}/never", "--set", "optim.lr=auto"]
+    assert main(["train", CONFIG, "--dry-run", *args]) == 0
+    # The file's profile is conservative: 0.5 x 2e-4 for the 3.4M-parameter model.
+    assert "lr 0.0001 (auto), profile conservative" in capsys.readouterr().out
+
+
 def test_eval_on_the_run_and_on_its_checkpoint(trained_run, capsys):
     assert main(["eval", str(trained_run), "--num-generations", "1"]) == 0
     results = json.loads((trained_run / "eval" / "eval_results.json").read_text())

@@ -7,10 +7,12 @@ from turnrl.training.config import PROFILES, TrainingConfig
 
 def test_profiles_differ_and_validate():
     configs = {name: TrainingConfig.from_profile(name) for name in PROFILES}
+    # Every profile picks its lr from the model's size, scaled by how hard it pushes.
+    assert {config.optim.lr for config in configs.values()} == {"auto"}
     assert (
-        configs["conservative"].optim.lr
-        < configs["balanced"].optim.lr
-        < configs["aggressive"].optim.lr
+        configs["conservative"].optim.auto_lr_scale
+        < configs["balanced"].optim.auto_lr_scale
+        < configs["aggressive"].optim.auto_lr_scale
     )
     assert configs["aggressive"].algorithm.beta == 0
     assert (

@@ -4,6 +4,8 @@
   the held-out reward before and after RL (:mod:`turnrl.cli.demo`);
 - ``turnrl train EXPERIMENT.yaml``: train what an experiment file describes
   (``--dry-run`` checks it without training; :mod:`turnrl.cli.train`);
+- ``turnrl sweep EXPERIMENT.yaml --lr ... [--beta ...]``: short runs over a grid,
+  ranked by held-out reward with 95% intervals (:mod:`turnrl.cli.sweep`);
 - ``turnrl eval RUN``: held-out reward of a run, its final model or a
   checkpoint (:mod:`turnrl.cli.evaluate`);
 - ``turnrl report RUN``: redraw a run's plot and print a summary table
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo(commands)
     _add_train(commands)
+    _add_sweep(commands)
     _add_evaluate(commands)
     _add_report(commands)
     _add_chat(commands)
@@ -113,6 +116,52 @@ def _add_train(commands: Any) -> None:
     )
     train.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     train.set_defaults(handler="turnrl.cli.train:command")
+
+
+def _add_sweep(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="short runs of an experiment over learning rates and KL coefficients, ranked by "
+        "held-out reward",
+        description="Train the experiment once per setting (each --lr with each --beta) and "
+        "seed, each run in its own subdirectory of --output, and print the held-out reward "
+        "before and after each setting's runs with 95% intervals and the final KL, best "
+        "first; sweep.md, sweep.csv and sweep.json hold the same. Ctrl-C keeps the finished "
+        "runs; the same command continues.",
+    )
+    sweep.add_argument("config", help="the experiment file (it must hold out scenarios)")
+    sweep.add_argument(
+        "--lr", nargs="+", metavar="LR", help="learning rates to try (numbers, or auto)"
+    )
+    sweep.add_argument(
+        "--beta", nargs="+", metavar="BETA", help="KL coefficients (algorithm.beta) to try"
+    )
+    sweep.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="seeds of each setting's runs (default: the file's run.seed)",
+    )
+    sweep.add_argument("--steps", type=int, help="steps per run (default: the file's)")
+    sweep.add_argument(
+        "--profile",
+        choices=("conservative", "balanced", "aggressive"),
+        help="start from this profile instead of the file's",
+    )
+    sweep.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting in every run"
+    )
+    sweep.add_argument(
+        "--output", help="directory of the runs and results (default: run.output_dir-sweep)"
+    )
+    sweep.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh instead of reusing the finished runs of a sweep in --output",
+    )
+    sweep.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    sweep.set_defaults(handler="turnrl.cli.sweep:command")
 
 
 def _add_evaluate(commands: Any) -> None:

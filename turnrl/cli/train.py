@@ -99,7 +99,8 @@ def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
         (
             "estimator",
             f"{cfg.algorithm.estimator} (beta {cfg.algorithm.beta:g}, "
-            f"lr {cfg.optim.lr:g}, profile {cfg.profile})",
+            f"lr {result['lr']:g}{' (auto)' if cfg.optim.lr == 'auto' else ''}, "
+            f"profile {cfg.profile})",
         ),
         (
             "would run",
@@ -157,8 +158,8 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
     Returns:
         ``env_check`` (the environment's :class:`EnvCheckReport`),
         ``trajectories`` (the group), ``metrics`` of the group, ``tokens`` in
-        the batch, ``parameters`` of the policy and the ``rollout_s`` /
-        ``forward_s`` timings.
+        the batch, the ``lr`` used (``optim.lr: auto`` resolved), ``parameters``
+        of the policy and the ``rollout_s`` / ``forward_s`` timings.
     """
     check_usable(experiment.config.run.output_dir)
     # Under the run's own limits: rollout.max_turns ends episodes the environment does not.
@@ -194,6 +195,7 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
         "trajectories": [t for g in groups for t in g.trajectories],
         "metrics": metrics,
         "tokens": tokens,
+        "lr": trainer.config.optim.lr,
         "parameters": sum(p.numel() for p in trainer.policy.parameters()),
         "trainable": sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad),
         "rollout_s": t1 - t0,

@@ -14,9 +14,10 @@ pushes the policy (see :data:`PROFILES` and the table in docs/configuration.md):
 - ``balanced``: the defaults.
 - ``aggressive``: bigger steps, clip-higher, no KL term, more samples.
 
-Learning rates in the profiles are scaled for pretrained LLMs of 0.5B-8B
-parameters; a tiny model trained from scratch wants ~100x more (the demo
-overrides ``optim.lr``).
+Every profile sets ``optim.lr: auto``: the Trainer picks the learning rate
+from the model's size (2e-4 for the embedded 3.4M-parameter model, 1e-6 from
+500M parameters on, x10 with LoRA), times the profile's ``auto_lr_scale``
+(:mod:`turnrl.training.auto_lr`). An ``optim.lr`` number overrides it.
 """
 
 from __future__ import annotations
@@ -198,17 +199,17 @@ EXPERIMENT_PARTS = frozenset({"environment", "scenarios", "rewards", "warmstart"
 PROFILES: dict[str, dict[str, Any]] = {
     "conservative": {
         "algorithm": {"beta": 0.1, "clip_eps_low": 0.1, "clip_eps_high": 0.1},
-        "optim": {"lr": 5e-7, "max_grad_norm": 0.5, "warmup_steps": 10},
+        "optim": {"lr": "auto", "auto_lr_scale": 0.5, "max_grad_norm": 0.5, "warmup_steps": 10},
         "rollout": {"num_generations": 8},
     },
     "balanced": {
         "algorithm": {"beta": 0.04, "clip_eps_low": 0.2, "clip_eps_high": 0.2},
-        "optim": {"lr": 1e-6, "max_grad_norm": 1.0, "warmup_steps": 5},
+        "optim": {"lr": "auto", "auto_lr_scale": 1.0, "max_grad_norm": 1.0, "warmup_steps": 5},
         "rollout": {"num_generations": 8},
     },
     "aggressive": {
         "algorithm": {"beta": 0.0, "clip_eps_low": 0.2, "clip_eps_high": 0.28},
-        "optim": {"lr": 3e-6, "max_grad_norm": 1.0, "warmup_steps": 0},
+        "optim": {"lr": "auto", "auto_lr_scale": 3.0, "max_grad_norm": 1.0, "warmup_steps": 0},
         "rollout": {"num_generations": 16},
     },
 }

@@ -8,6 +8,7 @@ Every field is described, choices are ``Literal``, unknown keys are rejected
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Any, Literal
 
@@ -250,7 +251,18 @@ class AlgorithmConfig(Section):
 class OptimConfig(Section):
     """AdamW, schedule, clipping, accumulation, precision."""
 
-    lr: float = Field(1e-6, gt=0, description="Peak learning rate.")
+    lr: float | Literal["auto"] = Field(
+        "auto",
+        description="Peak learning rate, or 'auto': chosen from the model's size when the "
+        "Trainer is built, times auto_lr_scale, x10 with LoRA (turnrl.training.auto_lr); the "
+        "run's config.json records the number used.",
+    )
+    auto_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="With lr: auto, multiply the size rule's lr by this (the profiles: "
+        "conservative 0.5, balanced 1, aggressive 3); unused when lr is a number.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field(
         (0.9, 0.999), description="AdamW betas, each in [0, 1)."
@@ -274,6 +286,24 @@ class OptimConfig(Section):
         description="Run a prompt that several sequences of a micro-batch start with once in "
         "the log-prob forwards (a group's G copies), the rest over its KV cache.",
     )
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        # Checked here in full, so that a bad value gets one message, not one per union member.
+        if value == "auto":
+            return value
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a number here; write the number itself")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a positive number or 'auto'") from None
+        if not math.isfinite(number):
+            raise ValueError("Input should be a finite number (or 'auto')")
+        if number <= 0:
+            raise ValueError("Input should be greater than 0 (or 'auto')")
+        return number
 
     @field_validator("adam_betas")
     @classmethod

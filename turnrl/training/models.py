@@ -20,9 +20,11 @@ import torch
 from turnrl.agents.base import TrainableAgent
 from turnrl.agents.tiny import cache_dir, tiny_model_path
 from turnrl.agents.transformers import pin_adapter_base
+from turnrl.training.auto_lr import resolve_lr
 from turnrl.training.config import TrainingConfig
 from turnrl.training.config_sections import ModelConfig
 from turnrl.training.distributed import DistributedContext
+from turnrl.training.generation import resolve_generation
 from turnrl.training.lora import AdapterDisabledReference, add_lora, is_peft_model, merged_copy
 from turnrl.training.value import ValueModel
 
@@ -89,6 +91,17 @@ def build_models(
     elif reference:
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
     return TrainingModels(policy, ref_model, value_model, wrapped, next(policy.parameters()).device)
+
+
+def run_config(config: TrainingConfig, agent: TrainableAgent) -> TrainingConfig:
+    """The settings a run of ``agent`` uses, which its ``config.json`` records.
+
+    The sampling settings (config or agent: :func:`.generation.resolve_generation`),
+    the model it trains (:func:`record_model`) and ``optim.lr: auto`` resolved for
+    the model's size (:func:`.auto_lr.resolve_lr`).
+    """
+    config = record_model(resolve_generation(config, agent), agent)
+    return resolve_lr(config, agent.model)
 
 
 def record_model(config: TrainingConfig, agent: TrainableAgent) -> TrainingConfig:

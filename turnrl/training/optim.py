@@ -51,6 +51,11 @@ def make_optimization(
     parameter group with ``algorithm.value_lr``.
     """
     opt, algo = config.optim, config.algorithm
+    if opt.lr == "auto":
+        raise ValueError(
+            "optim.lr is 'auto': resolve it for the model first with "
+            "turnrl.training.auto_lr.resolve_lr(config, model) (the Trainer does)"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")

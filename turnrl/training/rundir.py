@@ -68,6 +68,7 @@ HARMLESS = (
     "run.keep_checkpoints",
     "run.overwrite",
     "generation.weights",  # where generation reads the weights; it samples the same
+    "optim.auto_lr_scale",  # acts only through optim.lr, which is compared as resolved
     "wandb",
     "eval",
     "base_dir",  # where an experiment's code was found; its targets are compared themselves

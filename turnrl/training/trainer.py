@@ -46,9 +46,8 @@ from turnrl.training.errors import NonFiniteStreak, TrainingInterrupted
 from turnrl.training.estimate import estimate
 from turnrl.training.estimators import build_estimator
 from turnrl.training.evaluation import EvalReport, eval_metrics, play_and_score
-from turnrl.training.generation import resolve_generation
 from turnrl.training.groups import filter_groups, score_step
-from turnrl.training.models import build_models, record_model, save_pretrained, sync_weights
+from turnrl.training.models import build_models, run_config, save_pretrained, sync_weights
 from turnrl.training.optim import make_optimization
 from turnrl.training.perf import StepClock
 from turnrl.training.rollout import (
@@ -127,8 +126,7 @@ class Trainer:
             scenarios = check_scenarios(env.scenarios, "env.scenarios")
         self.scenarios = check_scenarios(scenarios, required=True)
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
-        config = resolve_generation(config or TrainingConfig.from_profile(), agent)
-        self.config = config = record_model(config, agent)
+        self.config = config = run_config(config or TrainingConfig.from_profile(), agent)
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)
