@@ -70,8 +70,12 @@ async def test_config_selects_copy_mode_and_the_copy_follows_the_policy(tiny_pat
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.anyio
 async def test_copy_mode_trains_exactly_like_shared_mode(tiny_path, tmp_path, lora):
-    # Bitwise: the copy is synced after every update, before the next rollout, and the
-    # same arithmetic runs on the same CPU; only where the weights live differs.
+    # The copy is synced after every update, before the next rollout, and the same
+    # arithmetic runs on the same CPU; only where the weights live differs. A full
+    # fine-tune is bitwise equal. With LoRA, some CPUs (seen on AMD EPYC, not on Intel
+    # Xeon) round a few of the copy's generation log-probs differently in the last
+    # bit (4.8e-7 on 3 of 24 turns, same tokens), and the PPO ratio carries that into
+    # the update: equal to float rounding, and the same tokens sampled.
     if lora:
         pytest.importorskip("peft")
     runs = {}
@@ -80,9 +84,21 @@ async def test_copy_mode_trains_exactly_like_shared_mode(tiny_path, tmp_path, lo
         await trainer.train()
         runs[weights] = comparable(tmp_path / weights), dict(trainer.policy.state_dict())
     (shared_metrics, shared_state), (copy_metrics, copy_state) = runs["shared"], runs["copy"]
-    assert len(shared_metrics) == 3 and copy_metrics == shared_metrics
+    assert len(shared_metrics) == 3 and len(copy_metrics) == 3
     assert all(r["train/kl"] > 0 for r in shared_metrics[1:])  # the policy did move
-    assert all(torch.equal(copy_state[k], v) for k, v in shared_state.items())
+    if not lora:
+        assert copy_metrics == shared_metrics
+        assert all(torch.equal(copy_state[k], v) for k, v in shared_state.items())
+        return
+    for theirs, ours in zip(copy_metrics, shared_metrics, strict=True):
+        assert theirs.keys() == ours.keys()
+        for key, value in ours.items():
+            if key.startswith(("rollout/", "reward/")):  # the same tokens were sampled
+                assert theirs[key] == value, key
+            else:
+                assert theirs[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for name, tensor in shared_state.items():  # Adam steps of lr 1e-2: within 1% of one
+        torch.testing.assert_close(copy_state[name], tensor, rtol=0, atol=1e-4)
 
 
 @pytest.mark.anyio
