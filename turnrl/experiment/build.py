@@ -199,6 +199,7 @@ class Experiment:
             batch_size=spec.batch_size,
             seed=self.config.run.seed,
             train_on=spec.train_on,
+            max_grad_norm=spec.max_grad_norm,
         )
 
 

@@ -133,6 +133,9 @@ class WarmstartSpec(Section):
     train_on: Literal["all", "last"] = Field(
         "all", description="Train on all assistant turns or only the last of each."
     )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip each step's gradient to this norm (null: no clipping)."
+    )
 
 
 class ExperimentConfig(TrainingConfig):
