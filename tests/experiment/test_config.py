@@ -139,6 +139,13 @@ def test_warmstart_from_a_jsonl_file_and_a_factory(tiny_agent, tmp_path):
     experiment = build_experiment(load_experiment(data=data), agent=tiny_agent)
     assert len(experiment.demonstrations) == 1
     assert len(experiment.warmstart()) == 2
+    assert experiment.config.warmstart.max_grad_norm == 1.0
+    for clip in (None, 0.5):
+        data["warmstart"]["max_grad_norm"] = clip
+        assert load_experiment(data=data).warmstart.max_grad_norm == clip
+    data["warmstart"]["max_grad_norm"] = 0
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        load_experiment(data=data)
     data["warmstart"] = {
         "demonstrations": {
             "target": "turnrl.environments.tasks:demonstrations",

@@ -46,6 +46,38 @@ def test_bad_arguments(tiny_agent):
         supervised_warmstart(tiny_agent, [], steps=1)
     with pytest.raises(ValueError, match="train_on must be"):
         supervised_warmstart(tiny_agent, demos(), steps=1, train_on="first")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_grad_norm must be > 0 or None"):
+            supervised_warmstart(tiny_agent, demos(), steps=1, max_grad_norm=bad)
+
+
+def test_the_gradient_is_clipped_to_max_grad_norm(tiny_path, monkeypatch):
+    """Each step's gradient is clipped (norm 1 by default; None: not at all), and with
+    AdamW's betas (0.9, 0.95)."""
+    clipped, betas = [], []
+    clip = torch.nn.utils.clip_grad_norm_
+    step = torch.optim.AdamW.step
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        params = list(params)
+        norm = clip(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        clipped.append((max_norm, float(norm), float(after)))
+        return norm
+
+    def recording_step(self, *args, **kwargs):
+        betas.append(self.param_groups[0]["betas"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for max_grad_norm, steps in ((1.0, 2), (None, 1)):
+        agent = TransformersAgent.from_pretrained(tiny_path)
+        kwargs = {} if max_grad_norm == 1.0 else {"max_grad_norm": max_grad_norm}
+        supervised_warmstart(agent, demos(), steps=steps, lr=3e-3, batch_size=8, **kwargs)
+    assert [c[0] for c in clipped] == [1.0, 1.0]  # the default run's two steps, then none
+    assert all(norm > 1.0 and after == pytest.approx(1.0, rel=1e-3) for _, norm, after in clipped)
+    assert betas == [(0.9, 0.95)] * 3
 
 
 def test_stop_when_ends_the_warm_start_at_a_check(tiny_path):
