@@ -2,7 +2,9 @@
 
 "Guess the number": the environment holds a secret number from 1 to 20; the
 agent guesses, and hears "Higher." or "Lower." until it finds it or runs out
-of turns. Finding it on turn k of 5 earns 1 - 0.2 * (k - 1).
+of guesses. Finding it on guess k of 5 earns 1 - 0.2 * (k - 1); the fifth wrong
+guess ends the game (a rule of the game, so the episode is terminated, not
+truncated: nothing lies beyond it to bootstrap from).
 
 Run:  python examples/custom_environment.py [--steps 5]
 """
@@ -15,7 +17,7 @@ import re
 
 import turnrl
 from turnrl.agents.tiny import tiny_model_path
-from turnrl.environments import TurnLimit, check_env
+from turnrl.environments import check_env
 from turnrl.rewards import regex_format
 from turnrl.types import Scenario, user
 
@@ -23,8 +25,8 @@ from turnrl.types import Scenario, user
 class GuessTheNumber(turnrl.Environment):
     """The agent guesses a secret number; the environment says higher or lower."""
 
-    def __init__(self, scenarios: list[Scenario]) -> None:
-        self.scenarios = scenarios
+    def __init__(self, scenarios: list[Scenario], guesses: int = 5) -> None:
+        self.scenarios, self.guesses = scenarios, guesses
         self.secret = 0
         self.turn = 0
 
@@ -39,6 +41,8 @@ class GuessTheNumber(turnrl.Environment):
         guess = int(match.group()) if match else None
         if guess == self.secret:  # found it: the game is over (terminated)
             return turnrl.StepResult([], 1.0 - 0.2 * (self.turn - 1), True, False, {"found": True})
+        if self.turn == self.guesses:  # out of guesses: also the game's own end
+            return turnrl.StepResult([], 0.0, True, False, {"found": False})
         hint = (
             "Say a number." if guess is None else ("Higher." if guess < self.secret else "Lower.")
         )
@@ -47,14 +51,12 @@ class GuessTheNumber(turnrl.Environment):
 
 async def main(steps: int, output_dir: str) -> dict:
     scenarios = [Scenario(id=f"secret-{n}", data={"secret": n}) for n in range(1, 21)]
-    # Running out of guesses is a limit, not the end of the game: TurnLimit truncates.
-    env = TurnLimit(GuessTheNumber(scenarios), max_turns=5)
-    await check_env(env)  # the contract, checked before any training
+    env = GuessTheNumber(scenarios)
+    print(await check_env(env))  # the contract, checked before any training
 
     agent = turnrl.TransformersAgent.from_pretrained(tiny_model_path())
     config = turnrl.TrainingConfig.from_profile(
-        "balanced",
-        optim={"lr": 1e-3},
+        "balanced",  # lr: auto, from the model's size
         generation={"max_new_tokens": 4},
         rollout={"scenarios_per_step": 4, "num_generations": 4},
         run={"max_steps": steps, "output_dir": output_dir},

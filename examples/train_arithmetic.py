@@ -5,7 +5,7 @@ phase 2 runs GRPO on "What is a+b?" where a wrong answer earns "Wrong. Try
 again." and another try.
 Held-out questions (in no demonstration and no RL scenario) measure progress.
 
-Run:  python examples/train_arithmetic.py [--steps 90] [--warmstart-steps 480]
+Run:  python examples/train_arithmetic.py [--steps 90] [--warmstart-steps 360]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ async def main(steps: int, warmstart_steps: int, output_dir: str) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=90)
-    parser.add_argument("--warmstart-steps", type=int, default=480)
+    parser.add_argument("--warmstart-steps", type=int, default=360)
     parser.add_argument("--output", default="runs/arithmetic")
     args = parser.parse_args()
     result = asyncio.run(main(args.steps, args.warmstart_steps, args.output))

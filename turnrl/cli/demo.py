@@ -22,7 +22,7 @@ Three phases, each reported on its own:
    demonstrations, pays for getting it right the first time. Then **eval
    after RL**.
 
-Why this task, this teacher and 480 warm-start steps: docs/design.md ("The
+Why this task, this teacher and 360 warm-start steps: docs/design.md ("The
 built-in tasks and the demo"); the measurements over seeds are in
 benchmarks/RESULTS.md.
 """
