@@ -52,8 +52,8 @@ def test_bad_arguments(tiny_agent):
 
 
 def test_the_gradient_is_clipped_to_max_grad_norm(tiny_path, monkeypatch):
-    """Each step's gradient is clipped (norm 1 by default; None: not at all), and with
-    AdamW's betas (0.9, 0.95)."""
+    """Each step's gradient is clipped (norm 1 by default; None: not at all), and AdamW's
+    betas are (0.9, 0.95) unless given."""
     clipped, betas = [], []
     clip = torch.nn.utils.clip_grad_norm_
     step = torch.optim.AdamW.step
@@ -73,11 +73,11 @@ def test_the_gradient_is_clipped_to_max_grad_norm(tiny_path, monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     for max_grad_norm, steps in ((1.0, 2), (None, 1)):
         agent = TransformersAgent.from_pretrained(tiny_path)
-        kwargs = {} if max_grad_norm == 1.0 else {"max_grad_norm": max_grad_norm}
+        kwargs = {} if max_grad_norm == 1.0 else {"max_grad_norm": None, "betas": (0.9, 0.999)}
         supervised_warmstart(agent, demos(), steps=steps, lr=3e-3, batch_size=8, **kwargs)
     assert [c[0] for c in clipped] == [1.0, 1.0]  # the default run's two steps, then none
     assert all(norm > 1.0 and after == pytest.approx(1.0, rel=1e-3) for _, norm, after in clipped)
-    assert betas == [(0.9, 0.95)] * 3
+    assert betas == [(0.9, 0.95), (0.9, 0.95), (0.9, 0.999)]
 
 
 def test_stop_when_ends_the_warm_start_at_a_check(tiny_path):

@@ -41,6 +41,7 @@ def supervised_warmstart(
     stop_when: Callable[[int], bool] | None = None,
     check_every: int = 20,
     max_grad_norm: float | None = 1.0,
+    betas: tuple[float, float] = (0.9, 0.95),
 ) -> list[float]:
     """Fine-tune ``agent.model`` on the assistant turns of ``conversations``.
 
@@ -49,7 +50,7 @@ def supervised_warmstart(
         conversations: Demonstrations, each a list of messages.
         steps: Optimizer steps.
         lr: Peak AdamW learning rate (warmup over the first 10% of steps, then
-            cosine), with betas (0.9, 0.95).
+            cosine to 10%).
         batch_size: Conversations per step, sampled with replacement.
         seed: Sampling seed.
         log_every: Log the loss every N steps.
@@ -66,6 +67,11 @@ def supervised_warmstart(
             most it may take, and the learning-rate schedule spans it).
         check_every: Steps between calls of ``stop_when``.
         max_grad_norm: Clip each step's gradient to this norm (None: no clipping).
+        betas: AdamW's betas. With ``max_grad_norm``'s default this is the recipe
+            of transformer pretraining (GPT-3, Llama): with torch's default beta2
+            0.999 and no clipping, the embedded model learning arithmetic from
+            scratch sat on a loss plateau whose end moved by hundreds of steps
+            with float rounding (benchmarks/RESULTS.md, "Demo over seeds").
 
     Returns:
         The loss of every step taken.
@@ -85,11 +91,7 @@ def supervised_warmstart(
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    # The recipe of transformer pretraining (GPT-3, Llama): beta2 0.95 and clipping at
-    # norm 1. With torch's default beta2 0.999 and no clipping, a model learning
-    # arithmetic from scratch sat on a loss plateau whose end moved by hundreds of
-    # steps with float rounding (benchmarks/RESULTS.md, "Demo over seeds").
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas)
     # Warmup over 10% of the steps, then cosine to 10%: stable from random init,
     # and the last steps settle instead of bouncing.
     schedule = warmup_cosine(max(1, steps // 10), steps, min_ratio=0.1)
