@@ -26,6 +26,17 @@ async def sample(engine, prompt):
     return out.token_ids, torch.tensor(out.logprobs)
 
 
+def same_weights(a, b):
+    """Two samples from equal weights: the same tokens, log-probs equal to the last bit or two.
+
+    The same values at other addresses are not always bitwise equal through generate:
+    on some CPUs (seen on AMD EPYC, not on Intel Xeon) the decode-step kernels round
+    differently by 1e-7; the perturbations these tests tell apart move the log-probs by
+    1e-2 and more.
+    """
+    return a[0] == b[0] and torch.allclose(a[1], b[1], rtol=0, atol=1e-5)
+
+
 def perturb(model):
     """Change every trainable parameter in place, as an optimizer step would."""
     with torch.no_grad():
@@ -53,7 +64,7 @@ async def test_copy_mode_samples_the_synced_weights_not_the_live_ones(tiny_agent
     assert not torch.equal(live[1], before[1])  # the perturbation is visible where shared
     copied.update_weights(model.named_parameters(), version=1)
     synced = await sample(copied, prompt)
-    assert synced[0] == live[0] and torch.equal(synced[1], live[1])  # bitwise
+    assert same_weights(synced, live) and not same_weights(synced, before)
     assert copied.policy_version == 1
 
 
@@ -132,5 +143,5 @@ async def test_lora_copy_syncs_the_adapters(tiny_path):
     assert adapters and all("lora_" in n for n, _ in adapters)
     agent.engine.update_weights(iter(adapters), version=1)
     synced, live = await sample(agent.engine, prompt), await sample(shared, prompt)
-    assert synced[0] == live[0] and torch.equal(synced[1], live[1])
+    assert same_weights(synced, live) and not same_weights(synced, before)
     assert not torch.equal(synced[1], before[1])

@@ -103,7 +103,7 @@ def test_report_prints_a_summary_and_redraws_the_plot(trained_run, capsys, tmp_p
     png = tmp_path / "plot.png"
     assert main(["report", str(trained_run), "--output", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "eval reward, best" in out and "grpo" in out
+    assert "eval reward_mean, best" in out and "grpo" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
