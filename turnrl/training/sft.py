@@ -78,6 +78,8 @@ def supervised_warmstart(
     """
     if not conversations:
         raise ValueError("no demonstrations to warm-start on")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
     trajectories = [trajectory_from_messages(agent, c, tools=tools) for c in conversations]
     groups = [TrajectoryGroup(scenario=t.scenario, trajectories=[t]) for t in trajectories]
     model = agent.model
@@ -88,8 +90,6 @@ def supervised_warmstart(
             data.loss_mask[i, : len(trajectory.turns[-1].prompt_ids)] = 0.0
     elif train_on != "all":
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=betas)
     # Warmup over 10% of the steps, then cosine to 10%: stable from random init,
