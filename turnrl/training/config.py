@@ -35,17 +35,15 @@ from pydantic import (
 
 from turnrl.training.algorithms import algorithm_for
 from turnrl.training.config_files import read_config_file
+from turnrl.training.config_run import EvalConfig, RunConfig, WandbConfig
 from turnrl.training.config_sections import (
     AlgorithmConfig,
-    EvalConfig,
     GenerationSettings,
     LoraSettings,
     ModelConfig,
     OptimConfig,
     RolloutConfig,
-    RunConfig,
     Section,
-    WandbConfig,
 )
 
 __all__ = [  # the sections are part of this module's API: TrainingConfig is made of them
