@@ -1,10 +1,12 @@
 """The quiz task: per-turn rewards, the conversation it holds, and its teacher."""
 
 import asyncio
+import doctest
 
 import pytest
 
 from turnrl.environments import check_env
+from turnrl.environments.tasks import quiz
 from turnrl.environments.tasks.quiz import (
     QuizEnvironment,
     demonstrations,
@@ -70,3 +72,8 @@ def test_bad_scenarios_and_settings_are_refused_with_the_fix() -> None:
 def test_check_env_passes_and_sees_termination() -> None:
     report = asyncio.run(check_env(QuizEnvironment(make_quiz_scenarios(2))))
     assert "terminated" in str(report)
+
+
+def test_doc_examples() -> None:
+    results = doctest.testmod(quiz)
+    assert results.failed == 0 and results.attempted > 0
