@@ -139,6 +139,7 @@ def real_vocab_tokenizer(
         backend = Tokenizer.from_file(str(backend))
     kwargs: dict[str, Any] = {"bos_token": bos} if bos else {}
     tags = ["<tool_call>", "</tool_call>"] if special_tool_tags else []
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in tags])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=eos,
