@@ -88,3 +88,10 @@ def test_the_failure_summary_keeps_whole_messages():
     group = TrajectoryGroup(scenario=scenario, trajectories=failed)
     with pytest.raises(RolloutFailureError, match="here is the fix"):
         check_failures([group], max_frac=0.5, step=1)
+
+
+def test_an_experiment_loads_its_agent_with_the_template_arguments():
+    from turnrl.experiment.build import load_agent
+
+    config = TrainingConfig(model={"chat_template_kwargs": {"enable_thinking": False}})
+    assert load_agent(config).chat_template_kwargs == {"enable_thinking": False}

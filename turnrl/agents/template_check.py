@@ -300,13 +300,32 @@ def _rewrite(
         if op == "equal":
             continue
         if op == "delete":
-            changes.append(f"removed {_clip(a[i1:i2])}")
+            changes.append(f"removed {_clip(_at_tag(a, i1, i2))}")
         elif op == "insert":
-            changes.append(f"inserted {_clip(b[j1:j2])}")
+            changes.append(f"inserted {_clip(_at_tag(b, j1, j2))}")
         else:
             changes.append(f"replaced {_clip(a[i1:i2])} with {_clip(b[j1:j2])}")
     diff = "; ".join(changes[:3]) or f"changed after {_clip(expected[max(0, split - 30) : split])}"
     return TemplateRewrite(turn=k, role=messages[k].role, seen_at=seen_at, diff=diff)
+
+
+def _at_tag(text: str, i: int, j: int) -> str:
+    """``text[i:j]``, shifted to an equal edit that starts at a tag (``<think>``), if one does.
+
+    Where an edit lands among repeated characters is arbitrary (``'\n<think>...\n'`` and
+    ``'<think>...\n\n'`` are the same removal); the one starting with ``<`` reads best.
+    """
+    for shift in (0, 1, -1, 2, -2):
+        a, b = i + shift, j + shift
+        inside = a >= 0 and b <= len(text)
+        if inside and text[a:b].startswith("<") and _same_edit(text, i, j, shift):
+            return text[a:b]
+    return text[i:j]
+
+
+def _same_edit(text: str, i: int, j: int, shift: int) -> bool:
+    """Whether removing ``text[i+shift:j+shift]`` leaves what removing ``text[i:j]`` does."""
+    return text[:i] + text[j:] == text[: i + shift] + text[j + shift :]
 
 
 def _common_prefix(a: str, b: str) -> str:
