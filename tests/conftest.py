@@ -155,3 +155,24 @@ def synthetic_records():
 def write_metrics():
     """``write_metrics(run_dir, records, tail="")``: write ``run_dir/metrics.jsonl``."""
     return _write_metrics
+
+
+# The Qwen2/2.5 vocabulary with real chat templates (turnrl.testing.real_vocab).
+
+
+@pytest.fixture(scope="session")
+def real_vocab_file(tmp_path_factory):
+    """The Qwen-vocabulary tokenizer backend, built once per session (a few seconds)."""
+    from turnrl.testing.real_vocab import build_backend
+
+    path = tmp_path_factory.mktemp("real-vocab") / "tokenizer.json"
+    build_backend().save(str(path))
+    return path
+
+
+@pytest.fixture
+def real_vocab(real_vocab_file):
+    """``real_vocab(template, **kwargs)``: a Qwen-vocabulary tokenizer with that chat template."""
+    from turnrl.testing.real_vocab import real_vocab_tokenizer
+
+    return lambda template, **kwargs: real_vocab_tokenizer(template, real_vocab_file, **kwargs)

@@ -3,6 +3,7 @@
 The public API; see README.md for a tour and docs/design.md for the map.
 """
 
+from turnrl.agents import ChatTemplateError, TemplateReport, check_chat_template
 from turnrl.agents.base import Agent, TrainableAgent
 from turnrl.agents.engine import GenerationEngine
 from turnrl.agents.inference import InferenceEngine, SamplingParams
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "Callback",
+    "ChatTemplateError",
     "ConversationEnvironment",
     "EarlyStopping",
     "EnvContractError",
@@ -47,6 +49,7 @@ __all__ = [
     "SamplingParams",
     "Scenario",
     "StepResult",
+    "TemplateReport",
     "Timeout",
     "Tool",
     "ToolEnvironment",
@@ -59,6 +62,7 @@ __all__ = [
     "Turn",
     "TurnLimit",
     "Wrapper",
+    "check_chat_template",
     "check_env",
     "combine",
     "load_experiment",

@@ -70,12 +70,13 @@ def test_tokenizer_without_chat_template(tiny_path):
         TransformersAgent(model, tokenizer)
 
 
-def test_non_prefix_consistent_template_is_reported(tiny_agent):
-    # A template that only renders the last message rewrites earlier turns.
+def test_a_template_that_rewrites_history_gets_its_own_text_as_the_prompt(tiny_agent):
+    # A template that only renders the last message drops the sampled turn: the prompt
+    # is what the model sees, the template's text, not the sampled ids.
     tiny_agent.tokenizer.chat_template = "{{ messages[-1]['content'] }}"
     sampled = Message(role="assistant", content="7", token_ids=[30, 2])
-    with pytest.raises(ChatTemplateError, match="prefix-consistent"):
-        tiny_agent.encode([user("What is 3+4?"), sampled, user("again")])
+    ids = tiny_agent.encode([user("What is 3+4?"), sampled, user("again")])
+    assert ids == tiny_agent.tokenizer("again", add_special_tokens=False).input_ids
 
 
 def test_save_pretrained_round_trips_the_agent(tiny_agent, tmp_path):

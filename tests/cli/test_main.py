@@ -66,6 +66,7 @@ def test_dry_run_builds_everything_and_writes_nothing(tmp_path, capsys, monkeypa
     assert re.search(r"4 episodes, reward \d\.\d{3}, failed \d\.\d{3}, \d+ trained tokens", out)
     assert "16 train, 4 held out" in out and "numeric_match x0.5" in out
     assert "check_env    passed; the probe episode ended terminated after 2 steps" in out
+    assert "template     prefix, assistant content verbatim" in out
     assert not out_dir.exists()
 
 
@@ -345,3 +346,20 @@ def test_cli_help_and_bad_arguments(capsys):
     assert main(["demo", "--steps", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+def test_a_dry_run_that_would_train_nothing_fails(tmp_path, capsys, monkeypatch):
+    from turnrl.training.trainer import Trainer
+    from turnrl.types import Trajectory, TrajectoryGroup
+
+    async def all_failed(self):
+        s = self.scenarios[0]
+        broken = [Trajectory(scenario=s, error="ValueError: the tool server is down") for _ in "ab"]
+        return [TrajectoryGroup(scenario=s, trajectories=broken)]
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(Trainer, "collect_groups", all_failed)
+    assert main(["train", CONFIG, "--dry-run", "--set", f"run.output_dir={tmp_path}/x"]) == 2
+    err = capsys.readouterr().err
+    assert "would train 0 tokens: 2 of 2 episodes failed" in err
+    assert "2 x ValueError: the tool server is down" in err

@@ -12,10 +12,11 @@ are; only the text between them (user and tool messages, role markers) is
 tokenized, as the difference between two renderings of the chat template.
 A training sequence built from the turns therefore holds exactly the tokens
 the policy was conditioned on and sampled, which a decode/re-encode round
-trip does not guarantee. This needs a chat template whose rendering of a
-longer conversation extends the rendering of a shorter one; templates that
-rewrite earlier turns (some strip past reasoning) are reported with a clear
-error.
+trip does not guarantee. Where the template rewrites earlier turns (some drop
+past reasoning), the prompt is the template's own text from the first
+rewritten turn on, which is what the model sees; see
+:mod:`turnrl.agents.templates` and :func:`~turnrl.agents.template_check.check_chat_template`.
+Template arguments (``enable_thinking``) are given as ``chat_template_kwargs``.
 
 Tools. ``respond(conversation, tools=[schema, ...])`` renders the tools' JSON
 schemas into the prompt through the template (``apply_chat_template(...,
@@ -44,13 +45,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from turnrl.agents.engine import GenerationEngine
 from turnrl.agents.inference import SamplingParams, WeightsMode
+from turnrl.agents.template_check import TemplateReport, check_chat_template
+from turnrl.agents.templates import (
+    ChatTemplateError,
+    Tools,
+    control_token_ids,
+    decode_completion,
+    encode_chat,
+    no_template_message,
+    render_chat,
+)
 from turnrl.types import Message, Turn
 
-Tools = Sequence[dict[str, Any]] | None
-
-
-class ChatTemplateError(ValueError):
-    """The tokenizer has no usable chat template."""
+__all__ = ["ChatTemplateError", "ModelLoadError", "TransformersAgent", "pin_adapter_base"]
 
 
 class ModelLoadError(ValueError):
@@ -88,6 +95,8 @@ class TransformersAgent:
         weights: ``"shared"`` (the engine samples from ``model`` itself, the
             default) or ``"copy"`` (it holds a copy that the trainer syncs
             after each update; see :mod:`turnrl.agents.engine`).
+        chat_template_kwargs: Extra variables for the chat template on every
+            rendering (``{"enable_thinking": False}`` for Qwen3-style templates).
 
     Raises:
         ChatTemplateError: The tokenizer has no chat template.
@@ -102,20 +111,19 @@ class TransformersAgent:
         max_batch_size: int = 256,
         reuse_kv_cache: bool = True,
         weights: WeightsMode = "shared",
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ChatTemplateError(
-                f"tokenizer {type(tokenizer).__name__} has no chat template; set "
-                "`tokenizer.chat_template` to a Jinja template (see the transformers "
-                "chat templating docs) before building a TransformersAgent"
-            )
+            raise ChatTemplateError(no_template_message(tokenizer))
         self._model = model
+        self.chat_template_kwargs: dict[str, Any] = dict(chat_template_kwargs or {})
         self.tokenizer = tokenizer
         self._sampling = sampling
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.eos_token_ids: list[int] = list(eos) if isinstance(eos, list | tuple) else [eos]
+        self._control_ids = control_token_ids(tokenizer, self.eos_token_ids)
         self.engine = GenerationEngine(
             model,
             pad_token_id=tokenizer.pad_token_id,
@@ -166,7 +174,7 @@ class TransformersAgent:
             path: A directory written by ``save_pretrained``.
             dtype: Parameter dtype (``"float32"``, ``"bfloat16"``, ...).
             device: Where to put the model (default: CUDA if available, else CPU).
-            **kwargs: Passed to the constructor.
+            **kwargs: Passed to the constructor (``sampling``, ``chat_template_kwargs``...).
 
         The agent's sampling settings are ``sampling`` if given, else those
         :meth:`save_pretrained` stored in the directory, else the defaults.
@@ -269,7 +277,7 @@ class TransformersAgent:
         """
         prompt_ids = self.encode(conversation, tools=tools)
         completion = await self.engine.generate(prompt_ids, sampling or self.sampling)
-        text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        text = decode_completion(self.tokenizer, completion.token_ids, self._control_ids)
         return Turn(
             message=Message(role="assistant", content=text, token_ids=completion.token_ids),
             prompt_ids=prompt_ids,
@@ -282,14 +290,22 @@ class TransformersAgent:
     def render(
         self, messages: Sequence[Message], *, add_generation_prompt: bool, tools: Tools = None
     ) -> str:
-        """The chat template's text for ``messages`` (and ``tools``, if given)."""
-        extra = {} if tools is None else {"tools": list(tools)}
-        return self.tokenizer.apply_chat_template(
-            [m.to_chat() for m in messages],
-            tokenize=False,
+        """The chat template's text for ``messages`` (and ``tools``, if given).
+
+        Raises:
+            ChatTemplateError: The template raised (the message names the roles).
+        """
+        return render_chat(
+            self.tokenizer,
+            messages,
             add_generation_prompt=add_generation_prompt,
-            **extra,
+            tools=tools,
+            template_kwargs=self.chat_template_kwargs,
         )
+
+    def check_template(self, *, tools: Tools = None) -> TemplateReport:
+        """:func:`check_chat_template` of this agent's tokenizer and template arguments."""
+        return check_chat_template(self.tokenizer, tools=tools, **self.chat_template_kwargs)
 
     @cached_property
     def renders_tools(self) -> bool:
@@ -323,44 +339,25 @@ class TransformersAgent:
         add_generation_prompt: bool = True,
         tools: Tools = None,
     ) -> list[int]:
-        """Token ids of ``conversation``, re-using sampled assistant tokens.
+        """Token ids of ``conversation`` as the model sees them, re-using sampled tokens.
 
-        ``tools`` (JSON schemas) are passed to the chat template.
+        ``tools`` (JSON schemas) are passed to the chat template. Sampled ids
+        are kept up to the first turn the template rewrites; from there on the
+        ids are the template's text, tokenized (:func:`~turnrl.agents.templates.encode_chat`).
 
         Raises:
-            ChatTemplateError: The template renders a longer conversation in a
-                way that does not extend the shorter one.
+            ChatTemplateError: The template raised while rendering.
         """
-        messages = list(conversation)
-        ids: list[int] = []
-        done = ""  # rendered text already covered by `ids`
-        for i, message in enumerate(messages):
-            if message.role != "assistant" or message.token_ids is None:
-                continue
-            before = self.render(messages[:i], add_generation_prompt=True, tools=tools)
-            ids += self._tokenize(self._extension(done, before))
-            ids += message.token_ids
-            done = before + message.content
-            after = self.render(messages[: i + 1], add_generation_prompt=False, tools=tools)
-            self._extension(done, after)  # checks the template keeps the content verbatim
-            if message.token_ids and message.token_ids[-1] in self.eos_token_ids:
-                # The sampled eos already closes the turn; skip the template's copy of it.
-                eos_text = self.tokenizer.decode(message.token_ids[-1:])
-                if after[len(done) :].startswith(eos_text):
-                    done += eos_text
-        final = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
-        return ids + self._tokenize(self._extension(done, final))
-
-    @staticmethod
-    def _extension(prefix: str, text: str) -> str:
-        if not text.startswith(prefix):
-            raise ChatTemplateError(
-                "the chat template is not prefix-consistent: rendering a longer conversation "
-                "changed the text of earlier turns, so sampled tokens cannot be kept as they "
-                f"are. Expected the rendering to start with {prefix[-60:]!r}, got "
-                f"{text[: len(prefix)][-60:]!r}. Use a template that renders turns append-only."
-            )
-        return text[len(prefix) :]
+        return encode_chat(
+            conversation,
+            render=lambda messages, gen: self.render(
+                messages, add_generation_prompt=gen, tools=tools
+            ),
+            tokenize=self._tokenize,
+            decode=self.tokenizer.decode,
+            eos_token_ids=self.eos_token_ids,
+            add_generation_prompt=add_generation_prompt,
+        )
 
 
 def pin_adapter_base(path: str | Path) -> None:

@@ -14,11 +14,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from typing import Any
 
 import anyio
 from transformers.utils import logging as hf_logging
 
+from turnrl.agents.template_check import TemplateReport
 from turnrl.environments.checker import EnvCheckReport, check_env
 from turnrl.experiment.build import Experiment, build_experiment
 from turnrl.experiment.config import load_experiment
@@ -41,6 +43,9 @@ def command(args: argparse.Namespace) -> int:
     if args.dry_run:
         result = anyio.run(dry_run, experiment)
         _print_dry_run(experiment, result)
+        if result["tokens"] == 0:
+            print(f"turnrl train: error: {_nothing_trained(result)}", file=sys.stderr)
+            return 2
         return 0
     try:
         result = anyio.run(
@@ -91,6 +96,7 @@ def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
         ("parameters", f"{result['parameters']:,} ({result['trainable']:,} trainable)"),
         ("environment", cfg.environment.target),
         ("check_env", _env_check_line(result["env_check"])),
+        ("template", _template_line(result["template"])),
         (
             "scenarios",
             f"{len(experiment.train_scenarios)} train, {len(experiment.eval_scenarios)} held out",
@@ -135,6 +141,31 @@ def _print_dry_run(experiment: Any, result: dict[str, Any]) -> None:
         print(f"    error: {sample.error}")
 
 
+def _nothing_trained(result: dict[str, Any]) -> str:
+    """Why the dry run's group holds no trained token, and what to do."""
+    episodes = result["trajectories"]
+    failed = [t for t in episodes if t.error]
+    if failed:
+        errors = Counter(t.error for t in failed).most_common(3)
+        summary = "; ".join(f"{n} x {error}" for error, n in errors)
+        return (
+            f"the dry run would train 0 tokens: {len(failed)} of {len(episodes)} episodes "
+            f"failed. {summary}. Fix the cause (the environment, reward or chat template) "
+            "before training"
+        )
+    return (
+        f"the dry run would train 0 tokens: its {len(episodes)} episodes sampled no token; "
+        "check generation.max_new_tokens and the environment's opening messages"
+    )
+
+
+def _template_line(report: TemplateReport | None) -> str:
+    if report is None:
+        return "not checked (the agent has no chat template)"
+    rewrites = f"; rewrites {', '.join(str(r) for r in report.rewrites)}" if report.rewrites else ""
+    return f"{report.mode}, assistant content {report.assistant_content}{rewrites}"
+
+
 def _env_check_line(report: EnvCheckReport) -> str:
     if report.ended is None:
         return f"passed, but the probe episode had not ended after {report.steps} steps"
@@ -155,8 +186,13 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
     written to the run directory, but one that is a file or cannot be written
     is refused, and so is a ``max_new_tokens`` beyond the model's context.
 
+    The chat template is checked as the trainer does
+    (:func:`~turnrl.training.chat_template.check_template`); ``turnrl train
+    --dry-run`` fails when the group would train 0 tokens.
+
     Returns:
-        ``env_check`` (the environment's :class:`EnvCheckReport`),
+        ``env_check`` (the environment's :class:`EnvCheckReport`), ``template``
+        (the chat template's :class:`TemplateReport`, or None),
         ``trajectories`` (the group), ``metrics`` of the group, ``tokens`` in
         the batch, the ``lr`` used (``optim.lr: auto`` resolved), ``parameters``
         of the policy and the ``rollout_s`` / ``forward_s`` timings.
@@ -195,6 +231,7 @@ async def dry_run(experiment: Experiment) -> dict[str, Any]:
         "trajectories": [t for g in groups for t in g.trajectories],
         "metrics": metrics,
         "tokens": tokens,
+        "template": trainer.template,
         "lr": trainer.config.optim.lr,
         "parameters": sum(p.numel() for p in trainer.policy.parameters()),
         "trainable": sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad),

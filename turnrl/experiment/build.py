@@ -234,6 +234,7 @@ def load_agent(config: TrainingConfig) -> TransformersAgent:
     return TransformersAgent.from_pretrained(
         path,
         dtype=config.model.dtype,
+        chat_template_kwargs=config.model.chat_template_kwargs,
         sampling=SamplingParams(
             config.generation.max_new_tokens, config.generation.temperature, config.generation.top_p
         ),

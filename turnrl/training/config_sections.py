@@ -64,6 +64,11 @@ class ModelConfig(Section):
         description="Train LoRA adapters (needs peft); the reference model is then the same "
         "model with the adapters disabled, not a second copy.",
     )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Arguments of the chat template on every rendering, e.g. "
+        "{enable_thinking: false} for Qwen3-style templates; None keeps the agent's own.",
+    )
 
 
 class GenerationSettings(Section):

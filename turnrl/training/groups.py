@@ -62,7 +62,7 @@ def check_failures(groups: Sequence[TrajectoryGroup], max_frac: float, step: int
     failed = [t for t in episodes if t.failed]
     if not episodes or len(failed) / len(episodes) <= max_frac:
         return
-    counts = Counter((t.error or "").splitlines()[0][:200] for t in failed)
+    counts = Counter(t.error or "" for t in failed)  # whole: the explanation is at the end
     summary = "; ".join(f"{n} x {error!r}" for error, n in counts.most_common(5))
     raise RolloutFailureError(
         f"step {step}: {len(failed)} of {len(episodes)} episodes failed (more than "

@@ -21,6 +21,7 @@ from turnrl.agents.base import TrainableAgent
 from turnrl.agents.tiny import cache_dir, tiny_model_path
 from turnrl.agents.transformers import pin_adapter_base
 from turnrl.training.auto_lr import resolve_lr
+from turnrl.training.chat_template import resolve_template_kwargs
 from turnrl.training.config import TrainingConfig
 from turnrl.training.config_sections import ModelConfig
 from turnrl.training.distributed import DistributedContext
@@ -97,10 +98,12 @@ def run_config(config: TrainingConfig, agent: TrainableAgent) -> TrainingConfig:
     """The settings a run of ``agent`` uses, which its ``config.json`` records.
 
     The sampling settings (config or agent: :func:`.generation.resolve_generation`),
-    the model it trains (:func:`record_model`) and ``optim.lr: auto`` resolved for
-    the model's size (:func:`.auto_lr.resolve_lr`).
+    the model it trains (:func:`record_model`), its chat template arguments
+    (:func:`.chat_template.resolve_template_kwargs`, which gives the config's to the
+    agent) and ``optim.lr: auto`` resolved for the model's size (:func:`.auto_lr.resolve_lr`).
     """
     config = record_model(resolve_generation(config, agent), agent)
+    config = resolve_template_kwargs(config, agent)
     return resolve_lr(config, agent.model)
 
 

@@ -11,11 +11,14 @@ not a finite number within ``|r| <= 1e6``, a non-bool ``terminated``; see
 :func:`~turnrl.environments.base.checked_step`), is kept as a failed
 trajectory (``error`` set, naming the environment and the value, logged once
 with its scenario id), counted in ``rollout/failed`` and dropped later; it
-never takes the step down with it. :func:`collect` runs under an event-loop
-watchdog (:mod:`turnrl.watchdog`) that names a coroutine blocking the loop,
-which no timeout can interrupt. Metrics are aggregated in float64 and never
-raise (:mod:`turnrl.scores`). An episode whose conversation
-outgrows the model's context ends there, truncated (GAE bootstraps), and is
+never takes the step down with it. A :class:`~turnrl.agents.templates.ChatTemplateError`
+is the exception: a chat template that cannot render the conversation is a
+configuration error that would fail every such episode, so :func:`collect`
+stops and raises it, with the scenario id, instead of training on the rest.
+:func:`collect` runs under an event-loop watchdog (:mod:`turnrl.watchdog`) that
+names a coroutine blocking the loop, which no timeout can interrupt. Metrics are
+aggregated in float64 and never raise (:mod:`turnrl.scores`). An episode whose
+conversation outgrows the model's context ends there, truncated (GAE bootstraps), and is
 counted in ``rollout/context_overflow``.
 
 Tools. After ``reset``, the tools the episode's environment offers
@@ -42,6 +45,7 @@ import structlog
 
 from turnrl.agents.base import Agent
 from turnrl.agents.inference import ContextOverflowError, InferenceEngine, SamplingParams
+from turnrl.agents.templates import ChatTemplateError
 from turnrl.environments.base import Environment, checked_reset, checked_step
 from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.scores import mean, std
@@ -111,6 +115,8 @@ async def run_episode(
                 trajectory.info = _jsonable(info)
                 break
         trajectory.info |= counts
+    except ChatTemplateError:
+        raise  # the configuration, not this episode: collect stops the run
     except Exception as e:  # user code: any failure drops this episode only
         trajectory.error = f"{type(e).__name__}: {e}"
         log.warning("episode_failed", scenario_id=scenario.id, error=trajectory.error)
@@ -149,17 +155,29 @@ async def collect(
 
     Returns:
         One group per scenario, in order, each with G trajectories in order.
+
+    Raises:
+        ChatTemplateError: The chat template failed in an episode (the other
+            episodes are cancelled).
     """
     limiter = anyio.CapacityLimiter(max_concurrency)
     slots: list[list[Trajectory | None]] = [[None] * num_generations for _ in scenarios]
     total, done = len(scenarios) * num_generations, 0
+    template_error: ChatTemplateError | None = None
 
     async def play(i: int, j: int) -> None:
-        nonlocal done
-        async with limiter:
-            slots[i][j] = await run_episode(
-                agent, env, scenarios[i], seed=seed + i * num_generations + j, sampling=sampling
-            )
+        nonlocal done, template_error
+        try:
+            async with limiter:
+                slots[i][j] = await run_episode(
+                    agent, env, scenarios[i], seed=seed + i * num_generations + j, sampling=sampling
+                )
+        except ChatTemplateError as e:
+            if template_error is None:
+                template_error = ChatTemplateError(f"scenario {scenarios[i].id!r}: {e}")
+                template_error.__cause__ = e
+            tg.cancel_scope.cancel()
+            return
         done += 1
         if on_episode is not None:
             on_episode(done, total)
@@ -169,6 +187,8 @@ async def collect(
             for i in range(len(scenarios)):
                 for j in range(num_generations):
                     tg.start_soon(play, i, j)
+    if template_error is not None:
+        raise template_error
     return [
         TrajectoryGroup(scenario=s, trajectories=[t for t in row if t is not None])
         for s, row in zip(scenarios, slots, strict=True)

@@ -31,6 +31,7 @@ from turnrl.training.advantages import AdvantageEstimator
 from turnrl.training.algorithms import algorithm_for, check_custom_estimator
 from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.callbacks import Callback, TrainerControl, trainer_callbacks
+from turnrl.training.chat_template import check_template
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import (
     all_agree,
@@ -127,6 +128,7 @@ class Trainer:
         self.scenarios = check_scenarios(scenarios, required=True)
         self.eval_scenarios = list(check_scenarios(eval_scenarios or (), "eval_scenarios"))
         self.config = config = run_config(config or TrainingConfig.from_profile(), agent)
+        self.template = check_template(agent, env)  # a template it cannot use fails here
         if config.eval.max_scenarios is not None:
             self.eval_scenarios = self.eval_scenarios[: config.eval.max_scenarios]
         algorithm = algorithm_for(config.algorithm)
