@@ -13,7 +13,15 @@ from turnrl.environments import (
     TurnLimit,
 )
 from turnrl.environments.base import checked_agent_view
-from turnrl.environments.context import drop_reasoning, edited, keep_last_turns, split_turns
+from turnrl.environments.context import (
+    characters,
+    drop_reasoning,
+    edited,
+    keep_last_turns,
+    split_turns,
+    summarize_with,
+    token_count,
+)
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.training.rollout import rollout_metrics, run_episode
 from turnrl.types import Message, Trajectory, TrajectoryGroup, Turn, assistant, user
@@ -186,3 +194,24 @@ async def test_summarize_is_not_a_turn_of_the_episode():
 def test_policies_compose_innermost_first():
     env = Summarize(KeepLastTurns(DropReasoning(Environment()), 2), lambda m: None, max_size=10)
     assert isinstance(env.env.env, DropReasoning) and env.unwrapped.__class__ is Environment
+
+
+def test_token_count_measures_the_rendered_prompt(tiny_agent):
+    messages = [user("What is 3+4?"), assistant("8"), user("Wrong. Try again.")]
+    count = token_count(tiny_agent.tokenizer)
+    assert count(messages) == len(tiny_agent.encode(messages)) > characters(messages)
+
+
+async def test_summarize_with_asks_the_agent_and_returns_its_reply(tiny_agent, scripted_engine):
+    scripted_engine(tiny_agent, ["it said 8"])
+    seen = []
+    respond = tiny_agent.respond
+
+    async def spy(conversation, **kwargs):
+        seen.append([(m.role, m.content) for m in conversation])
+        return await respond(conversation, **kwargs)
+
+    tiny_agent.respond = spy
+    summarize = summarize_with(tiny_agent, "Summarize.")
+    assert await summarize([user("q"), assistant("8")]) == "it said 8"
+    assert seen == [[("system", "Summarize."), ("user", "user: q\nassistant: 8")]]
