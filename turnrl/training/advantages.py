@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 class AdvantageEstimator(Protocol):
     """Per-token advantages for a batch. Returns shape (N, T), 0 off the loss mask.
 
+    The batch's N rows may hold fewer trajectories (step-wise samples):
+    ``batch.trajectories()`` groups them, so that statistics count each
+    trajectory once (see the built-in estimators).
+
     ``values`` (only for estimators that need a critic, like ``gae``) has shape
     (N, T): ``values[i, t]`` is the value of sequence ``i``'s prefix up to and
     including token ``t``.

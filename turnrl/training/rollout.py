@@ -23,7 +23,7 @@ What the agent sees. Before every turn the agent is prompted with
 environment or a context policy says otherwise; checked by
 :func:`~turnrl.environments.base.checked_agent_view`). The trajectory keeps the
 whole conversation, and a turn prompted with something else keeps its view in
-``Turn.view``.
+``Turn.view`` (``rollout/view_frac``: the share of such turns, when there are any).
 
 Tools. After ``reset``, the tools the episode's environment offers
 (``env.tools``: :class:`~turnrl.tools.Tool` objects or JSON schemas, which
