@@ -2,6 +2,7 @@
 
 import json
 
+import anyio
 import pytest
 
 from turnrl.environments import (
@@ -10,7 +11,9 @@ from turnrl.environments import (
     Environment,
     KeepLastTurns,
     Summarize,
+    Timeout,
     TurnLimit,
+    check_env,
 )
 from turnrl.environments.base import checked_agent_view
 from turnrl.environments.context import (
@@ -23,6 +26,7 @@ from turnrl.environments.context import (
     token_count,
 )
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
+from turnrl.environments.wrappers import EnvTimeoutError
 from turnrl.training.rollout import rollout_metrics, run_episode
 from turnrl.types import Message, Trajectory, TrajectoryGroup, Turn, assistant, user
 
@@ -215,3 +219,22 @@ async def test_summarize_with_asks_the_agent_and_returns_its_reply(tiny_agent, s
     summarize = summarize_with(tiny_agent, "Summarize.")
     assert await summarize([user("q"), assistant("8")]) == "it said 8"
     assert seen == [[("system", "Summarize."), ("user", "user: q\nassistant: 8")]]
+
+
+async def test_timeout_limits_a_slow_view():
+    class SlowView(Environment):
+        async def agent_view(self, conversation):
+            await anyio.sleep(5)
+            return conversation
+
+    with pytest.raises(EnvTimeoutError, match=r"agent_view\(\) did not finish"):
+        await Timeout(SlowView(), 0.05).agent_view([user("q")])
+
+
+async def test_check_env_reports_a_broken_view():
+    class Forgetful(ArithmeticEnvironment):
+        async def agent_view(self, conversation):
+            return []
+
+    with pytest.raises(EnvContractError, match="agent_view\\(\\) returned an empty view"):
+        await check_env(Forgetful([SCENARIO]))
