@@ -180,8 +180,8 @@ def gvpo_policy_loss(
 
     Args:
         logprobs: Shape (n, T), the current policy's log-probs of ``micro``.
-        micro: Whole groups, so whole trajectories, with ``old_logprobs`` (and ``ref_logprobs`` for
-            ``gvpo_reference="reference"``).
+        micro: Whole groups (so whole trajectories), with ``old_logprobs``
+            (and ``ref_logprobs`` for ``gvpo_reference="reference"``).
         config: ``beta``, ``gvpo_reference``, ``gvpo_group_reduction``.
         step: The optimizer step's sizes.
 
