@@ -136,6 +136,10 @@ class Turn(BaseModel):
             under (the trainer's step count when the engine last took new
             weights; see :mod:`turnrl.agents.inference`); ``None`` for turns no
             engine sampled (demonstrations, scripted replies).
+        view: The messages the agent was prompted with, when the environment's
+            ``agent_view`` showed it something other than the whole conversation
+            (earlier turns dropped, summarised or edited); ``None`` when it saw
+            the whole conversation. ``prompt_ids`` are the tokens of this view.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -148,13 +152,19 @@ class Turn(BaseModel):
     policy_version: int | None = Field(
         default=None, description="Policy version the turn was sampled under, if sampled."
     )
+    view: list[Message] | None = Field(
+        default=None,
+        description="What the agent was prompted with, when it was not the whole conversation.",
+    )
 
 
 class Trajectory(BaseModel):
     """One episode: a scenario, the agent's turns and the environment's answers.
 
     The conversation reads ``initial_messages``, then for each turn ``k`` the
-    assistant message ``turns[k].message`` followed by ``env_messages[k]``.
+    assistant message ``turns[k].message`` followed by ``env_messages[k]``. It
+    is always the whole conversation; a turn prompted with less (an
+    environment's ``agent_view``) keeps what it saw in ``Turn.view``.
 
     Attributes:
         scenario: The scenario the episode started from.
@@ -186,7 +196,7 @@ class Trajectory(BaseModel):
 
     @property
     def conversation(self) -> list[Message]:
-        """All messages in order, as the agent saw them."""
+        """All messages in order (each turn's own prompt may have held less: ``Turn.view``)."""
         messages = list(self.initial_messages)
         for k, turn in enumerate(self.turns):
             messages.append(turn.message)

@@ -157,6 +157,53 @@ def test_micro_batch_1x8_equals_8x1(algorithm):
     assert metrics["train/optimizer_steps"] == 1.0
 
 
+def stepwise(batch):
+    """``batch`` as trajectories of two rows each (rows 2m and 2m + 1), with the rewards,
+    flags and next state of a trajectory on its rows (the next state on its last row)."""
+    pairs = torch.arange(len(batch)) // 2
+    first = pairs * 2
+    cut = batch.truncated[first]
+    last = torch.arange(len(batch)) % 2 == 1
+    next_ids, next_mask = batch.next_input_ids[first], batch.next_attention_mask[first]
+    next_mask = next_mask * (last & cut)[:, None]  # the trajectory's next state, on its last row
+    return dataclasses.replace(
+        batch,
+        rewards=batch.rewards[first],
+        truncated=cut,
+        terminated=~cut,
+        trajectory_ids=pairs,
+        next_input_ids=next_ids,
+        next_attention_mask=next_mask,
+    )
+
+
+STEPWISE_CASES = [
+    {"estimator": "grpo", "loss_aggregation": "seq_mean_token_mean", "kl_estimator": "k1"},
+    {"estimator": "grpo", "loss_aggregation": "seq_mean_token_sum", "kl_penalty": "reward"},
+    {"estimator": "rloo", "loss_aggregation": "constant"},
+    {
+        "estimator": "gae",
+        "gamma": 0.9,
+        "gae_lambda": 0.8,
+        "loss_aggregation": "seq_mean_token_mean",
+    },
+    {"estimator": "gvpo", "beta": 0.5},
+]
+
+
+@pytest.mark.parametrize("algorithm", STEPWISE_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_stepwise_micro_batches_keep_a_trajectory_together(algorithm):
+    """Rows of one trajectory are never split: 1 x 8 equals 8 x 1 with two-row trajectories."""
+    cfg = config(**algorithm)
+    batch = stepwise(synthetic_batch(small_model()))
+    whole, metrics = one_update(cfg, 8, batch)
+    split, _ = one_update(cfg, 1, batch)
+    assert max(d.abs().max().item() for d in whole) > 1e-5
+    for a, b in zip(whole, split, strict=True):
+        assert_close(a, b, atol=2e-6, rtol=1e-4)
+    assert metrics["train/num_trajectories"] == 4.0 and metrics["train/num_sequences"] == 8.0
+
+
 def test_gvpo_gradient_is_weighted_policy_gradient():
     """grad gvpo_loss = -beta/(k-1) * sum_i w_i grad log pi(y_i), one group of k = 4."""
     model = small_model()

@@ -11,7 +11,7 @@ One episode, as the rollout drives it::
     env = template.clone()                      # one instance per episode
     observation, info = await env.reset(seed=seed, options={"scenario": scenario})
     while True:
-        turn = await agent.respond(conversation)
+        turn = await agent.respond(await env.agent_view(conversation))
         observation, reward, terminated, truncated, info = await env.step(turn.message)
         if terminated or truncated:
             break
@@ -25,6 +25,12 @@ Choices, and why:
   (user, tool or system turns), not the whole conversation: the rollout owns
   the conversation, and the assistant's own message is never echoed back.
 * ``terminated`` and ``truncated`` stay separate (see :class:`StepResult`).
+* ``agent_view(conversation)`` decides what the agent is prompted with on its
+  next turn (identity by default; context policies in
+  :mod:`turnrl.environments.context` drop, summarise or edit earlier turns).
+  The trajectory keeps the whole conversation, and a turn whose prompt does
+  not extend the previous turn's becomes a separate training sequence of the
+  same trajectory (:mod:`turnrl.training.layout`).
 * Each episode runs on its own instance made by ``clone()`` (default: a deep
   copy), so environments keep per-episode state on ``self`` without locks.
   Subclasses holding resources that must not be copied (a model, a client,
@@ -126,6 +132,31 @@ class Environment:
             memo[id(scenarios)] = scenarios
         return copy.deepcopy(self, memo)
 
+    async def agent_view(self, conversation: list[Message]) -> list[Message]:
+        """What the agent is prompted with on its next turn; the whole conversation by default.
+
+        The rollout calls it before every ``agent.respond`` with the whole
+        conversation so far (a copy: do not rely on changing it). Return the
+        messages the agent should see instead: earlier messages may be dropped,
+        summarised or replaced. The trajectory still records the whole
+        conversation; a turn prompted with anything else keeps it in
+        ``Turn.view``. It is async because a summary may come from a model.
+
+        Rules: return a non-empty ``list[Message]``; an assistant message whose
+        content you change must lose its ``token_ids`` (the sampled tokens no
+        longer spell it; :func:`turnrl.environments.context.edited` does both),
+        so the agent tokenizes its new text. A view that is not an extension of
+        the previous turn's prompt and reply is trained as a separate sequence
+        of the same trajectory: it costs another forward pass, nothing else.
+
+        Args:
+            conversation: Every message so far, oldest first.
+
+        Returns:
+            The messages of the agent's next prompt.
+        """
+        return list(conversation)
+
     async def close(self) -> None:
         """Release per-episode resources. Called once the episode is over."""
 
@@ -213,6 +244,41 @@ async def checked_step(env: Environment, message: Message) -> StepResult:
     )
 
 
+async def checked_agent_view(env: Environment, conversation: list[Message]) -> list[Message]:
+    """``await env.agent_view(conversation)``, checked against the contract.
+
+    Returns:
+        The view, as a new list.
+
+    Raises:
+        EnvContractError: ``agent_view`` is not async, returned something other
+            than a non-empty ``list[Message]``, or an assistant message whose
+            content differs from the sampled one while it keeps its ``token_ids``.
+    """
+    view = await _awaited(env, "agent_view", env.agent_view(list(conversation)))
+    contract = "agent_view() must return a non-empty list[Message]"
+    view = _observation(env, "agent_view", view, contract, what="view")
+    if not view:
+        raise _broken(env, "agent_view", "returned an empty view", contract)
+    sampled = {
+        (m.content, tuple(m.token_ids))
+        for m in conversation
+        if m.role == "assistant" and m.token_ids is not None
+    }
+    for i, m in enumerate(view):
+        if m.token_ids is not None and (m.content, tuple(m.token_ids)) not in sampled:
+            problem = (
+                f"returned view[{i}], an assistant message whose text is not the one its "
+                "token_ids were sampled as"
+            )
+            fix = (
+                "drop the token ids of an edited message: message.model_copy(update={'content': "
+                "text, 'token_ids': None}) (turnrl.environments.context.edited)"
+            )
+            raise _broken(env, "agent_view", problem, fix)
+    return view
+
+
 def _name(env: Environment) -> str:
     # Wrappers forward to the user's environment: name that one.
     return type(getattr(env, "unwrapped", env)).__name__
@@ -242,13 +308,15 @@ async def _awaited(env: Environment, method: str, call: Any) -> Any:
     return await call
 
 
-def _observation(env: Environment, method: str, observation: Any, contract: str) -> list[Message]:
+def _observation(
+    env: Environment, method: str, observation: Any, contract: str, what: str = "observation"
+) -> list[Message]:
     if not isinstance(observation, list | tuple):
-        problem = f"returned observation {_shown(observation)}, expected list[Message]"
+        problem = f"returned {what} {_shown(observation)}, expected list[Message]"
         raise _broken(env, method, problem, contract)
     for i, m in enumerate(observation):
         if not isinstance(m, Message):
-            problem = f"returned observation[{i}] {_shown(m)}, expected a Message"
+            problem = f"returned {what}[{i}] {_shown(m)}, expected a Message"
             fix = "wrap text as turnrl.types.user(text) or Message(role='user', content=text)"
             raise _broken(env, method, problem, fix)
     return list(observation)

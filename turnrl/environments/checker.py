@@ -10,10 +10,11 @@ a tensor reward is accepted by most code and breaks batching later).
 What it checks:
 
 1. ``env`` is an :class:`~turnrl.environments.base.Environment`; ``reset``,
-   ``step`` and ``close`` are coroutine functions; ``scenarios`` holds
-   ``Scenario`` objects.
+   ``step``, ``agent_view`` and ``close`` are coroutine functions;
+   ``scenarios`` holds ``Scenario`` objects.
 2. ``reset(seed=0, options={"scenario": scenario})`` returns
-   ``(list[Message], dict)``.
+   ``(list[Message], dict)``, and ``agent_view`` of it a non-empty
+   ``list[Message]``.
 3. ``step(Message(role="assistant", content="42"))`` returns a ``StepResult``
    (or a 5-tuple): observation a list of non-assistant ``Message``, reward a
    finite real number, ``terminated``/``truncated`` real ``bool``, info a dict.
@@ -45,7 +46,7 @@ from typing import Any, Literal
 
 import structlog
 
-from turnrl.environments.base import EnvContractError, Environment
+from turnrl.environments.base import EnvContractError, Environment, checked_agent_view
 from turnrl.types import Message, Scenario
 
 log = structlog.get_logger(__name__)
@@ -99,7 +100,7 @@ def _check_structure(env: Environment) -> None:
             f"expected a turnrl Environment, got {type(env).__name__}",
             "subclass turnrl.environments.Environment and implement async reset/step",
         )
-    for name in ("reset", "step", "close"):
+    for name in ("reset", "step", "agent_view", "close"):
         if not inspect.iscoroutinefunction(getattr(env, name)):
             raise _fail(
                 name,
@@ -165,6 +166,7 @@ async def _check_step(env: Environment) -> _Record:
 async def _episode(env: Environment, options: dict[str, Any] | None, steps: int) -> list[_Record]:
     """Reset, then step until the episode ends or ``steps`` steps were taken."""
     observation = await _check_reset(env, options)
+    await checked_agent_view(env, observation)  # what the agent would be prompted with
     return [(tuple(observation), 0.0, False, False), *await _steps(env, steps)]
 
 

@@ -6,7 +6,11 @@ limit that is one of the task's own rules, a game's last allowed guess, ends
 the episode from the environment's ``step`` with ``terminated`` instead):
 
 * :class:`TurnLimit` truncates an episode after ``max_turns`` assistant turns.
-* :class:`Timeout` bounds the wall-clock time of each ``reset``/``step``.
+* :class:`Timeout` bounds the wall-clock time of each ``reset``/``step``
+  (and ``agent_view``, which may call a model to summarise).
+
+Every wrapper forwards ``agent_view``; the context policies of
+:mod:`turnrl.environments.context` are wrappers that change it.
 
 Limits *truncate*, they never *terminate*: the task itself did not end, so the
 learner may bootstrap from the next state (see ``StepResult``). ``Timeout`` is
@@ -81,6 +85,9 @@ class Wrapper(Environment):
 
     async def step(self, message: Message) -> StepResult:
         return await self.env.step(message)
+
+    async def agent_view(self, conversation: list[Message]) -> list[Message]:
+        return await self.env.agent_view(conversation)
 
     def clone(self: _W) -> _W:
         # The memo maps the inner env to its clone, so deepcopy copies the
@@ -165,7 +172,7 @@ class EnvTimeoutError(TimeoutError):
 
 
 class Timeout(Wrapper):
-    """Fail a ``reset`` or ``step`` that takes longer than ``seconds``.
+    """Fail a ``reset``, ``step`` or ``agent_view`` that takes longer than ``seconds``.
 
     The limit is enforced by cancelling the call (``anyio.fail_after``), which
     interrupts it at its next ``await``. A call that blocks the event loop
@@ -178,7 +185,7 @@ class Timeout(Wrapper):
 
     Args:
         env: The environment to wrap.
-        seconds: Time limit for each ``reset`` and each ``step`` (> 0).
+        seconds: Time limit for each ``reset``, ``step`` and ``agent_view`` (> 0).
 
     Raises:
         ValueError: ``seconds`` is not a positive finite number.
@@ -199,6 +206,9 @@ class Timeout(Wrapper):
 
     async def step(self, message: Message) -> StepResult:
         return await self._limited("step", self.env.step(message))
+
+    async def agent_view(self, conversation: list[Message]) -> list[Message]:
+        return await self._limited("agent_view", self.env.agent_view(conversation))
 
     async def _limited(self, method: str, call: Awaitable[_T]) -> _T:
         name = type(self.env).__name__

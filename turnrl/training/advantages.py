@@ -38,6 +38,11 @@ Where this departs from the papers:
   outcome, and every assistant token of every turn gets the same advantage.
   ``gae`` instead sees each turn's environment reward at that turn's last
   token (``RolloutBatch.token_rewards``).
+- A trajectory trained as several rows (step-wise samples, see
+  :mod:`turnrl.training.layout`) is still one sample: group statistics are
+  over trajectories (:meth:`RolloutBatch.trajectories`), its rows share its
+  advantage, and ``gae`` runs over its rows' tokens in order, bootstrapping
+  across a row boundary from the next row's first state value.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from turnrl.training.batch import RolloutBatch
+from turnrl.training.batch import RolloutBatch, TrajectoryIndex
 from turnrl.training.value import state_values
 
 if TYPE_CHECKING:
@@ -55,6 +60,10 @@ if TYPE_CHECKING:
 
 class AdvantageEstimator(Protocol):
     """Per-token advantages for a batch. Returns shape (N, T), 0 off the loss mask.
+
+    The batch's N rows may hold fewer trajectories (step-wise samples):
+    ``batch.trajectories()`` groups them, so that statistics count each
+    trajectory once (see the built-in estimators).
 
     ``values`` (only for estimators that need a critic, like ``gae``) has shape
     (N, T): ``values[i, t]`` is the value of sequence ``i``'s prefix up to and
@@ -207,59 +216,92 @@ def gae_advantages(
     *,
     gamma: float = 1.0,
     lam: float = 0.95,
+    trajectory_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level GAE over each sequence's sampled tokens.
+    """Token-level GAE over each trajectory's sampled tokens.
 
     Only sampled (loss-mask) tokens are time steps; environment tokens between
     turns are part of the transition from one assistant token to the next.
     The value of the state in which token ``t`` is chosen is ``values[t - 1]``
-    (the prefix before it). After the last sampled token the next value is 0
-    when the episode terminated, and ``next_values`` when it was truncated:
-    the bootstrap. That is the value of the real next state, the conversation
-    including the environment's last answer (which the sequence stops short
-    of), the kind of state every later turn of an episode starts from and the
-    value loss trains. ``values[last]`` would not do: no token is chosen after
-    the last one, so the value loss never trains the value there.
+    (the prefix before it). A trajectory of several rows (step-wise samples)
+    is one sequence of time steps, its rows' sampled tokens in order: after a
+    row's last token comes the next row's first, whose state value (the next
+    row's prompt) is the bootstrap, never 0. After the trajectory's last
+    sampled token the next value is 0 when the episode terminated, and
+    ``next_values`` of its last row when it was truncated: the value of the
+    real next state, the conversation including the environment's last answer
+    (which the sequence stops short of), the kind of state every later turn of
+    an episode starts from and the value loss trains. ``values[last]`` would
+    not do: no token is chosen after the last one, so the value loss never
+    trains the value there.
 
     Args:
         token_rewards: Shape (N, T), reward received after each token.
         values: Shape (N, T), value of the prefix up to and including token t.
         loss_mask: Shape (N, T), 1 on sampled tokens.
-        truncated: Shape (N,), bool: bootstrap after the last sampled token.
-        next_values: Shape (N,), the value of the state after the last sampled
-            token (read where ``truncated``).
+        truncated: Shape (N,), bool: bootstrap after the trajectory's last
+            sampled token (read on its last row).
+        next_values: Shape (N,), the value of the state after a trajectory's
+            last sampled token (read on its last row, where ``truncated``).
         gamma: Discount per sampled token.
         lam: GAE's lambda.
+        trajectory_ids: Shape (N,), each row's trajectory (rows of one are in
+            turn order); None: one row per trajectory.
 
     Returns:
         ``(advantages, returns)``, both (N, T) and 0 off the mask;
         ``returns = advantages + V(state)``, the value targets.
     """
     n, width = loss_mask.shape
-    mask = loss_mask > 0
-    lengths = mask.sum(-1)  # (N,)
-    steps = int(lengths.max()) if n else 0
-    # Positions of the sampled tokens, in order, packed to the left: (N, L).
-    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :steps]
-    valid = torch.arange(steps, device=mask.device)[None] < lengths[:, None]  # (N, L)
+    index, valid = _time_steps(loss_mask, trajectory_ids)  # (M, L) flat positions
+    lengths = valid.sum(-1)  # (M,)
+    m, steps = valid.shape
     before = state_values(values)  # (N, T): V of the state token t is chosen in
-    rewards = token_rewards.gather(1, order) * valid  # (N, L)
-    v = before.gather(1, order) * valid  # (N, L)
-    rows = torch.arange(n, device=mask.device)
-    bootstrap = torch.where(truncated & (lengths > 0), next_values.to(values.dtype), 0.0)  # (N,)
-    next_v = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)  # (N, L)
-    next_v[rows, (lengths - 1).clamp(min=0)] = bootstrap
-    deltas = (rewards + gamma * next_v - v) * valid  # (N, L)
+    rewards = token_rewards.flatten()[index] * valid  # (M, L)
+    v = before.flatten()[index] * valid  # (M, L)
+    trajectories = torch.arange(m, device=loss_mask.device)
+    last_row = index[trajectories, (lengths - 1).clamp(min=0)] // max(width, 1)  # (M,)
+    cut = truncated[last_row] & (lengths > 0)
+    bootstrap = torch.where(cut, next_values[last_row].to(values.dtype), 0.0)  # (M,)
+    next_v = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)  # (M, L)
+    next_v[trajectories, (lengths - 1).clamp(min=0)] = bootstrap
+    deltas = (rewards + gamma * next_v - v) * valid  # (M, L)
 
     packed = torch.zeros_like(deltas)
-    running = torch.zeros(n, dtype=deltas.dtype, device=deltas.device)
+    running = torch.zeros(m, dtype=deltas.dtype, device=deltas.device)
     for j in reversed(range(steps)):
         running = torch.where(valid[:, j], deltas[:, j] + gamma * lam * running, 0.0)
         packed[:, j] = running
-    advantages = torch.zeros(n, width, dtype=deltas.dtype, device=deltas.device)
-    advantages.scatter_(1, order, packed * valid)
+    advantages = torch.zeros(n * width, dtype=deltas.dtype, device=deltas.device)
+    advantages[index[valid]] = packed[valid]
+    advantages = advantages.view(n, width)
     returns = (advantages + before) * loss_mask
     return advantages * loss_mask, returns
+
+
+def _time_steps(
+    loss_mask: torch.Tensor, trajectory_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each trajectory's sampled tokens in order, as flat positions in the (N, T) batch.
+
+    Returns:
+        ``(index, valid)``, both (M, L) for M trajectories of at most L sampled
+        tokens: ``index[m, j]`` is the position of trajectory ``m``'s ``j``-th
+        sampled token in ``loss_mask.flatten()``, where ``valid[m, j]``.
+    """
+    n, width = loss_mask.shape
+    trajectories = TrajectoryIndex.of(trajectory_ids, n)
+    flat = (loss_mask.flatten() > 0).nonzero().squeeze(-1)  # (K,) row by row, left to right
+    owner = trajectories.of_row[flat // max(width, 1)]  # (K,)
+    order = torch.argsort(owner, stable=True)  # a trajectory's tokens together, in order
+    flat, owner = flat[order], owner[order]
+    lengths = torch.bincount(owner, minlength=trajectories.count)  # (M,)
+    starts = torch.cumsum(lengths, 0) - lengths  # (M,)
+    steps = int(lengths.max()) if trajectories.count else 0
+    index = torch.zeros(trajectories.count, steps, dtype=torch.long, device=loss_mask.device)
+    index[owner, torch.arange(len(flat), device=loss_mask.device) - starts[owner]] = flat
+    valid = torch.arange(steps, device=loss_mask.device)[None] < lengths[:, None]  # (M, L)
+    return index, valid
 
 
 def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
@@ -267,10 +309,14 @@ def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
 
     def grpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "group"
+        trajectories = batch.trajectories()
         advantages = grpo_advantages(
-            batch.rewards, batch.group_ids, scale=how, batch_std=batch.reward_std
-        )
-        return per_token(advantages, batch.loss_mask)
+            trajectories.pick(batch.rewards),
+            trajectories.pick(batch.group_ids),
+            scale=how,
+            batch_std=batch.reward_std,
+        )  # (M,) one per trajectory, however many rows it has
+        return per_token(trajectories.rows(advantages), batch.loss_mask)
 
     return grpo
 
@@ -280,10 +326,14 @@ def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
 
     def rloo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "none"
+        trajectories = batch.trajectories()
         advantages = rloo_advantages(
-            batch.rewards, batch.group_ids, scale=how, batch_std=batch.reward_std
-        )
-        return per_token(advantages, batch.loss_mask)
+            trajectories.pick(batch.rewards),
+            trajectories.pick(batch.group_ids),
+            scale=how,
+            batch_std=batch.reward_std,
+        )  # (M,)
+        return per_token(trajectories.rows(advantages), batch.loss_mask)
 
     return rloo
 
@@ -312,6 +362,7 @@ def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
             next_values,
             gamma=config.gamma,
             lam=config.gae_lambda,
+            trajectory_ids=batch.trajectory_ids,
         )
         return advantages
 

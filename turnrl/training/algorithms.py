@@ -42,13 +42,14 @@ class StepSizes:
 
     Attributes:
         normalizer: What the aggregated per-token losses are divided by
-            (``algorithm.loss_aggregation``: the step's tokens, sequences, or
-            sequences x a token budget), summed over ranks.
+            (``algorithm.loss_aggregation``: the step's tokens, trajectories,
+            or trajectories x a token budget), summed over ranks.
         groups: Groups in the step, summed over ranks.
         micro_batches: Micro-batches in the step, summed over ranks.
         rank_tokens: Sampled tokens of this rank's share of the step (per-token
             metrics are weighted by a micro-batch's share of them).
-        rank_sequences: Sequences of this rank's share of the step.
+        rank_sequences: Trajectories (not rows: a trajectory trained as
+            several rows counts once) of this rank's share of the step.
     """
 
     normalizer: float
@@ -156,7 +157,8 @@ def ppo_clip_policy_loss(
         clip_eps_low=config.clip_eps_low,
         clip_eps_high=config.clip_eps_high,
     )
-    loss = AGGREGATIONS[config.loss_aggregation](per_token, mask, step.normalizer)
+    aggregate = AGGREGATIONS[config.loss_aggregation]
+    loss = aggregate(per_token, mask, step.normalizer, micro.trajectory_ids)
     share = mask.sum().item() / max(step.rank_tokens, 1)  # this micro-batch's share of tokens
     return loss, {
         "train/clip_frac": stats["clip_frac"].item() * share,

@@ -7,11 +7,17 @@ sampled with. Position 0 is never a completion token (a turn always follows
 a prompt), so per-token log-probs from the model (which predict token ``t``
 from the logits at ``t - 1``) line up with these tensors directly.
 
-A trajectory's sequence is its last turn's ``prompt_ids + completion_ids``.
-Because the agent re-uses sampled tokens when it encodes a conversation (see
-``turnrl.agents.transformers``), every earlier turn's prompt and completion
-sit inside that sequence at known offsets; :func:`build_batch` checks this
-instead of assuming it, and never re-tokenizes text.
+Rows and trajectories. A trajectory's sequence is its last turn's
+``prompt_ids + completion_ids``: because the agent re-uses sampled tokens when
+it encodes a conversation (see ``turnrl.agents.transformers``), every earlier
+turn sits inside it at known offsets. When a turn's prompt is not an
+extension of the previous turn's (the environment's ``agent_view`` rewrote
+the history), the trajectory becomes several rows, step-wise samples, each
+with its exact tokens (:mod:`turnrl.training.layout`); nothing is
+re-tokenized. ``trajectory_ids`` says which trajectory each row belongs to
+(its rows are consecutive, in turn order), ``turn_ids`` which turn each
+sampled token belongs to, and :meth:`RolloutBatch.trajectories` indexes them:
+every estimator and loss counts a trajectory once, however many rows it has.
 
 Next states. An episode cut by a limit (truncated, not terminated) goes on
 from the conversation including the environment's last answer, which the
@@ -22,20 +28,84 @@ ids, as the agent would prompt itself with them (see :func:`next_state_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
-from turnrl.types import Message, Trajectory, TrajectoryGroup
+from turnrl.training.layout import (
+    Encoder,
+    Row,
+    TokenMismatchError,
+    next_state_ids,
+    trajectory_rows,
+)
+from turnrl.types import Trajectory, TrajectoryGroup
 
-Encoder = Callable[[Sequence[Message]], list[int]]
-"""A conversation to the token ids of the agent's next prompt (``TransformersAgent.encode``)."""
+__all__ = [
+    "Encoder",
+    "RolloutBatch",
+    "TokenMismatchError",
+    "TrajectoryIndex",
+    "build_batch",
+    "next_state_ids",
+]
+
+
+@dataclass(frozen=True)
+class TrajectoryIndex:
+    """The rows of a batch grouped by trajectory, numbered in order of first row.
+
+    Attributes:
+        of_row: Each row's trajectory, 0..count-1. Shape (N,).
+        first: Each trajectory's first row. Shape (count,).
+        count: The number of trajectories.
+    """
+
+    of_row: torch.Tensor
+    first: torch.Tensor
+    count: int
+
+    @classmethod
+    def of(cls, trajectory_ids: torch.Tensor | None, rows: int) -> TrajectoryIndex:
+        """The index of rows labelled ``trajectory_ids`` (None: one trajectory per row)."""
+        device = trajectory_ids.device if trajectory_ids is not None else None
+        identity = torch.arange(rows, device=device)
+        if trajectory_ids is None or len(torch.unique(trajectory_ids)) == rows:
+            return cls(identity, identity, rows)
+        ids, inverse = torch.unique(trajectory_ids, return_inverse=True)  # sorted ids
+        first = torch.full((len(ids),), rows, device=device).scatter_reduce(
+            0, inverse, identity, "amin"
+        )
+        order = torch.argsort(first)  # trajectories numbered by first row
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(ids), device=device)
+        return cls(rank[inverse], first[order], len(ids))
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether every trajectory has one row, in row order."""
+        return self.count == len(self.of_row)
+
+    def pick(self, x: torch.Tensor) -> torch.Tensor:
+        """A value all rows of a trajectory share, once per trajectory. (N, ...) -> (M, ...)."""
+        return x if self.is_identity else x[self.first]
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over each trajectory's rows. (N, ...) -> (M, ...)."""
+        if self.is_identity:
+            return x
+        out = torch.zeros((self.count, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        return out.index_add(0, self.of_row, x)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-trajectory value given to each of its rows. (M, ...) -> (N, ...)."""
+        return x if self.is_identity else x[self.of_row]
 
 
 @dataclass
 class RolloutBatch:
-    """Right-padded tensors for N trajectories of up to T tokens.
+    """Right-padded tensors for N rows of up to T tokens, from M <= N trajectories.
 
     Attributes:
         input_ids: Token ids. Shape (N, T).
@@ -46,11 +116,11 @@ class RolloutBatch:
         has_behavior_logprobs: Whether every turn came with its log-probs.
         token_rewards: Each turn's environment reward at the turn's last
             token, plus the trajectory's reward-function score at the last
-            sampled token. Shape (N, T).
-        rewards: Total reward of each trajectory. Shape (N,).
-        group_ids: Which group (scenario) each trajectory belongs to. Shape (N,).
-        terminated: Episode ended in a terminal state. Shape (N,).
-        truncated: Episode was cut by a limit. Shape (N,).
+            sampled token of its last row. Shape (N, T).
+        rewards: Total reward of each row's trajectory. Shape (N,).
+        group_ids: Which group (scenario) each row's trajectory belongs to. Shape (N,).
+        terminated: Episode ended in a terminal state (each row of it). Shape (N,).
+        truncated: Episode was cut by a limit (each row of it). Shape (N,).
         old_logprobs: Log-probs of the policy before this step's updates, the
             denominator of the PPO ratio (the behavior log-probs for fresh
             rollouts). Shape (N, T). Set by the trainer before the update.
@@ -63,11 +133,16 @@ class RolloutBatch:
         reward_std: The std of the rewards of the whole step when it spans
             several processes (for ``scale_rewards="batch"``); None: this batch's.
         next_input_ids: Token ids of the state after each truncated episode's
-            last turn (see :func:`next_state_ids`); all padding on other rows.
-            Shape (N, S). None when no row has one.
+            last turn, on its last row (see :func:`next_state_ids`); all
+            padding on other rows. Shape (N, S). None when no row has one.
         next_attention_mask: 1 on the real tokens of ``next_input_ids``. Shape (N, S).
         next_values: The critic's value of each row's next state (0 on rows
             without one), GAE's bootstrap. Shape (N,). Set by the trainer.
+        trajectory_ids: Which trajectory each row belongs to; a trajectory's
+            rows are consecutive and in turn order. Shape (N,). None: one row
+            per trajectory (a batch built by hand).
+        turn_ids: The index, within its trajectory, of the turn each sampled
+            token belongs to; -1 elsewhere. Shape (N, T). None when unknown.
     """
 
     input_ids: torch.Tensor
@@ -89,6 +164,8 @@ class RolloutBatch:
     next_input_ids: torch.Tensor | None = None
     next_attention_mask: torch.Tensor | None = None
     next_values: torch.Tensor | None = None
+    trajectory_ids: torch.Tensor | None = None
+    turn_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -119,75 +196,14 @@ class RolloutBatch:
             values[f.name] = value
         return RolloutBatch(**values)
 
+    def trajectories(self) -> TrajectoryIndex:
+        """The rows grouped by trajectory (see :class:`TrajectoryIndex`)."""
+        return TrajectoryIndex.of(self.trajectory_ids, len(self))
+
     @property
     def num_tokens(self) -> int:
         """Number of agent-sampled tokens (the loss-mask total)."""
         return int(self.loss_mask.sum())
-
-
-class TokenMismatchError(ValueError):
-    """A turn's tokens are not where the trajectory's final sequence says."""
-
-
-def sequence_layout(trajectory: Trajectory) -> tuple[list[int], list[tuple[int, int]]]:
-    """The training sequence of a trajectory and each turn's completion span.
-
-    Returns:
-        ``(token_ids, spans)`` where ``spans[k] = (start, end)`` locates turn
-        ``k``'s completion tokens in ``token_ids``.
-
-    Raises:
-        TokenMismatchError: A turn's prompt is not a prefix of the final
-            sequence, or its completion is not where expected.
-    """
-    if not trajectory.turns:
-        raise TokenMismatchError(f"trajectory of scenario {trajectory.scenario.id!r} has no turns")
-    last = trajectory.turns[-1]
-    ids = last.prompt_ids + last.completion_ids
-    spans = []
-    for k, turn in enumerate(trajectory.turns):
-        start, end = len(turn.prompt_ids), len(turn.prompt_ids) + len(turn.completion_ids)
-        if ids[:start] != turn.prompt_ids or ids[start:end] != turn.completion_ids:
-            raise TokenMismatchError(
-                f"scenario {trajectory.scenario.id!r}, turn {k}: its tokens are not a prefix of "
-                "the final turn's sequence; build later prompts by re-using sampled tokens "
-                "(TransformersAgent.encode does)"
-            )
-        spans.append((start, end))
-    return ids, spans
-
-
-def next_state_ids(trajectory: Trajectory, encode: Encoder) -> list[int]:
-    """Token ids of the state after the last turn, as the agent's next prompt would hold them.
-
-    That is the conversation including the environment's last answer, rendered
-    with the generation prompt: the training sequence (the last turn's prompt
-    and completion) followed by the text the chat template adds for the last
-    answer. The tail is taken from ``encode`` of the whole conversation after
-    the last completion, so tools rendered into the head of the prompt (which
-    ``encode`` is not given here) do not change it.
-
-    Raises:
-        TokenMismatchError: ``encode`` does not keep the last completion's tokens.
-    """
-    last = trajectory.turns[-1]
-    messages = list(trajectory.initial_messages)
-    for k, turn in enumerate(trajectory.turns):
-        if k == len(trajectory.turns) - 1:
-            head = encode(messages)  # the last turn's prompt, as encode renders it
-        # The sampled ids, even for turns loaded without them on the message.
-        messages.append(turn.message.model_copy(update={"token_ids": turn.completion_ids}))
-        if k < len(trajectory.env_messages):
-            messages.extend(trajectory.env_messages[k])
-    full = encode(messages)
-    body = len(head) + len(last.completion_ids)
-    if full[:body] != head + last.completion_ids:
-        raise TokenMismatchError(
-            f"scenario {trajectory.scenario.id!r}: encoding the conversation with its last "
-            "observation does not keep the last turn's sampled tokens; build prompts by "
-            "re-using sampled tokens (TransformersAgent.encode does)"
-        )
-    return last.prompt_ids + last.completion_ids + full[body:]
 
 
 def build_batch(
@@ -197,54 +213,66 @@ def build_batch(
     device: torch.device | str = "cpu",
     encode: Encoder | None = None,
 ) -> RolloutBatch:
-    """Stack the non-failed trajectories of ``groups`` into a RolloutBatch.
+    """Stack the non-failed trajectories of ``groups`` into a RolloutBatch, row by row.
 
-    Group ids are the positions of the groups in ``groups``.
+    Group ids are the positions of the groups in ``groups``; trajectory ids
+    number the trajectories in order. A trajectory whose turns all extend one
+    another is one row; otherwise it is one row per run of turns that do (see
+    :mod:`turnrl.training.layout`).
 
     Args:
         groups: The groups to train on.
         pad_token_id: Fills the padding.
         device: Where the tensors go.
         encode: The agent's ``encode``: given, the batch holds the next state
-            of every truncated (and not terminated) episode, for GAE's
-            bootstrap (``next_input_ids``).
+            of every truncated (and not terminated) episode on its last row,
+            for GAE's bootstrap (``next_input_ids``).
 
     Raises:
         ValueError: There is no trajectory to train on.
-        TokenMismatchError: See :func:`sequence_layout` and :func:`next_state_ids`.
+        TokenMismatchError: A trajectory has no turns, or see :func:`next_state_ids`.
     """
-    rows = [(g, t) for g, group in enumerate(groups) for t in group.trajectories if not t.failed]
-    if not rows:
+    kept = [(g, t) for g, group in enumerate(groups) for t in group.trajectories if not t.failed]
+    if not kept:
         raise ValueError("no trajectories to build a batch from (all failed or none collected)")
-    layouts = [sequence_layout(t) for _, t in rows]
-    n, width = len(rows), max(len(ids) for ids, _ in layouts)
+    # (trajectory index, group, trajectory, row, whether it is the trajectory's last row)
+    rows: list[tuple[int, int, Trajectory, Row, bool]] = []
+    for j, (g, trajectory) in enumerate(kept):
+        layout = trajectory_rows(trajectory)
+        rows += [(j, g, trajectory, row, r == len(layout) - 1) for r, row in enumerate(layout)]
+    n, width = len(rows), max(len(row.token_ids) for *_, row, _ in rows)
 
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     loss_mask = torch.zeros((n, width))
     behavior = torch.zeros((n, width))
     token_rewards = torch.zeros((n, width))
+    turn_ids = torch.full((n, width), -1, dtype=torch.long)
     has_behavior = True
-    for i, ((_, trajectory), (ids, spans)) in enumerate(zip(rows, layouts, strict=True)):
+    for i, (_, _, trajectory, row, last_row) in enumerate(rows):
+        ids = row.token_ids
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention_mask[i, : len(ids)] = 1
-        for k, ((start, end), turn) in enumerate(zip(spans, trajectory.turns, strict=True)):
+        for k, (start, end) in zip(row.turns, row.spans, strict=True):
+            turn = trajectory.turns[k]
             loss_mask[i, start:end] = 1.0
+            turn_ids[i, start:end] = k
             if turn.logprobs is None:
                 has_behavior = False
             else:
                 behavior[i, start:end] = torch.tensor(turn.logprobs)
             if end > start and k < len(trajectory.env_rewards):
                 token_rewards[i, end - 1] += trajectory.env_rewards[k]
-        last_end = spans[-1][1]
-        if last_end > 0:  # reward-function score lands on the last sampled token
+        last_end = row.spans[-1][1]
+        if last_row and last_end > 0:  # reward-function score lands on the last sampled token
             token_rewards[i, last_end - 1] += _total(trajectory) - trajectory.env_return
 
     next_ids = next_mask = None
-    cut = [t.truncated and not t.terminated for _, t in rows]
+    cut = [last and t.truncated and not t.terminated for _, _, t, _, last in rows]
     if encode is not None and any(cut):
         states = [
-            next_state_ids(t, encode) if c else [] for (_, t), c in zip(rows, cut, strict=True)
+            next_state_ids(t, encode) if c else []
+            for (_, _, t, _, _), c in zip(rows, cut, strict=True)
         ]
         next_ids = torch.full((n, max(map(len, states))), pad_token_id, dtype=torch.long)
         next_mask = torch.zeros_like(next_ids)
@@ -259,12 +287,14 @@ def build_batch(
         behavior_logprobs=behavior,
         has_behavior_logprobs=has_behavior,
         token_rewards=token_rewards,
-        rewards=torch.tensor([_total(t) for _, t in rows], dtype=torch.float32),
-        group_ids=torch.tensor([g for g, _ in rows], dtype=torch.long),
-        terminated=torch.tensor([t.terminated for _, t in rows]),
-        truncated=torch.tensor([t.truncated for _, t in rows]),
+        rewards=torch.tensor([_total(t) for _, _, t, _, _ in rows], dtype=torch.float32),
+        group_ids=torch.tensor([g for _, g, *_ in rows], dtype=torch.long),
+        terminated=torch.tensor([t.terminated for _, _, t, _, _ in rows]),
+        truncated=torch.tensor([t.truncated for _, _, t, _, _ in rows]),
         next_input_ids=next_ids,
         next_attention_mask=next_mask,
+        trajectory_ids=torch.tensor([j for j, *_ in rows], dtype=torch.long),
+        turn_ids=turn_ids,
     ).to(device)
 
 

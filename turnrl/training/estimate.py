@@ -66,23 +66,27 @@ def estimate(
 
 
 def _kl_reward_penalty(batch: RolloutBatch, algo: AlgorithmConfig) -> tuple[RolloutBatch, float]:
-    """The batch with ``beta * KL`` taken from its rewards, and the mean penalty per row."""
+    """The batch with ``beta * KL`` taken from its rewards, and the mean penalty per trajectory."""
     assert batch.old_logprobs is not None and batch.ref_logprobs is not None
     kl = KL_ESTIMATORS[algo.kl_estimator](batch.old_logprobs, batch.ref_logprobs)
     kl = kl * batch.loss_mask  # (N, T)
     penalty = algo.beta * kl
+    trajectories = batch.trajectories()
+    per_trajectory = trajectories.sum(penalty.sum(-1))  # (M,) over all of a trajectory's rows
     batch = dataclasses.replace(
         batch,
         token_rewards=batch.token_rewards - penalty,
-        rewards=batch.rewards - penalty.sum(-1),
+        rewards=batch.rewards - trajectories.rows(per_trajectory),
     )
-    return batch, penalty.sum(-1).mean().item()
+    return batch, per_trajectory.mean().item()
 
 
 def _reward_std(batch: RolloutBatch, ctx: DistributedContext) -> float:
-    """The std of the rewards of every rank's batch (Bessel-corrected, like Tensor.std)."""
+    """The std of the trajectories' rewards of every rank's batch (Bessel-corrected)."""
+    trajectories = batch.trajectories()
+    rewards = trajectories.pick(batch.rewards)  # (M,)
     n, total, squares = all_sum(
-        [len(batch), batch.rewards.sum().item(), (batch.rewards**2).sum().item()], ctx
+        [trajectories.count, rewards.sum().item(), (rewards**2).sum().item()], ctx
     )
     variance = max(squares - total**2 / n, 0.0) / max(n - 1, 1)
     return variance**0.5

@@ -28,7 +28,9 @@ Where this departs from the paper:
   (``"sum"`` reproduces it). A constant factor leaves the minimizer alone; with
   Adam it mostly cancels; with SGD, or against ``max_grad_norm``, it is a step size.
 - A multi-turn trajectory is one response: ``Delta_i`` sums over every sampled
-  token of every turn, and ``R_i`` is the trajectory's total reward.
+  token of every turn, over all its rows when it trains as several (step-wise
+  samples), and ``R_i`` is the trajectory's total reward; ``k`` counts
+  trajectories.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from turnrl.training.advantages import AdvantageEstimator, group_mean, group_size, per_token
-from turnrl.training.batch import RolloutBatch
+from turnrl.training.batch import RolloutBatch, TrajectoryIndex
 
 if TYPE_CHECKING:
     from turnrl.training.algorithms import StepSizes
@@ -107,6 +109,7 @@ def gvpo_loss(
     beta: float,
     *,
     normalizer: float | None = None,
+    trajectory_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GVPO's loss: ``sum_groups loss_group / normalizer`` (see the module docstring).
 
@@ -134,11 +137,13 @@ def gvpo_loss(
     Raises:
         ValueError: A group has fewer than two responses.
     """
+    responses = TrajectoryIndex.of(trajectory_ids, len(group_ids))
+    rewards, group_ids = responses.pick(rewards), responses.pick(group_ids)  # (M,)
     num_groups = _check_pairs(group_ids)
-    delta = log_ratio_sums(logprobs, ref_logprobs, mask)  # (B,)
-    residual = -weights_from(delta, rewards, group_ids, beta)  # (B,)
-    counts = group_size(group_ids).to(residual.dtype)  # (B,) k of each response's group
-    per_response = 0.5 * residual**2 / (counts - 1)  # (B,)
+    delta = responses.sum(log_ratio_sums(logprobs, ref_logprobs, mask))  # (M,)
+    residual = -weights_from(delta, rewards, group_ids, beta)  # (M,)
+    counts = group_size(group_ids).to(residual.dtype)  # (M,) k of each response's group
+    per_response = 0.5 * residual**2 / (counts - 1)  # (M,)
     loss = per_response.sum() / float(normalizer if normalizer is not None else num_groups)
     with torch.no_grad():
         stats = {
@@ -160,9 +165,10 @@ def make_gvpo(config: AlgorithmConfig) -> AdvantageEstimator:
     """GVPO's weights on the first update from the sampler: centered rewards (for logging)."""
 
     def gvpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
-        return per_token(
-            batch.rewards - group_mean(batch.rewards, batch.group_ids), batch.loss_mask
-        )
+        trajectories = batch.trajectories()
+        rewards = trajectories.pick(batch.rewards)  # (M,)
+        centered = rewards - group_mean(rewards, trajectories.pick(batch.group_ids))
+        return per_token(trajectories.rows(centered), batch.loss_mask)
 
     return gvpo
 
@@ -174,8 +180,8 @@ def gvpo_policy_loss(
 
     Args:
         logprobs: Shape (n, T), the current policy's log-probs of ``micro``.
-        micro: Whole groups, with ``old_logprobs`` (and ``ref_logprobs`` for
-            ``gvpo_reference="reference"``).
+        micro: Whole groups (so whole trajectories), with ``old_logprobs``
+            (and ``ref_logprobs`` for ``gvpo_reference="reference"``).
         config: ``beta``, ``gvpo_reference``, ``gvpo_group_reduction``.
         step: The optimizer step's sizes.
 
@@ -197,8 +203,10 @@ def gvpo_policy_loss(
         micro.group_ids,
         config.beta,
         normalizer=normalizer,
+        trajectory_ids=micro.trajectory_ids,
     )
-    return loss, {k: v.item() * len(micro) / step.rank_sequences for k, v in stats.items()}
+    share = micro.trajectories().count / step.rank_sequences  # of the step's trajectories
+    return loss, {k: v.item() * share for k, v in stats.items()}
 
 
 def uses_reference(config: AlgorithmConfig) -> bool:

@@ -14,7 +14,11 @@ GVPO's loss, which is its own algorithm, lives in :mod:`turnrl.training.gvpo`.
 
 Aggregation. Per-token losses become one number over a whole optimizer step:
 the trainer passes the step's normalizer, so splitting a step into
-micro-batches (gradient accumulation) does not change the gradient.
+micro-batches (gradient accumulation) does not change the gradient. A
+"sequence" is a trajectory: one trained as several rows (step-wise samples)
+counts once, and its per-trajectory mean is over all its rows' tokens, so
+the micro-batches of the update keep a trajectory's rows together
+(:func:`turnrl.training.update.micro_batches`).
 
 - ``token_mean``: every sampled token weighs the same (DAPO). Long trajectories
   weigh more; in multi-turn tasks failed episodes are the long ones.
@@ -31,8 +35,11 @@ micro-batches (gradient accumulation) does not change the gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
+
+from turnrl.training.batch import TrajectoryIndex
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -62,6 +69,18 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """
     log_ratio = ref_logprobs - logprobs  # (N, T)
     return torch.exp(log_ratio) - log_ratio - 1
+
+
+class Aggregation(Protocol):
+    """Per-token losses (N, T) -> one number, given the step's normalizer and rows' trajectories."""
+
+    def __call__(
+        self,
+        per_token: torch.Tensor,
+        mask: torch.Tensor,
+        normalizer: int | float,
+        trajectory_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -141,33 +160,46 @@ def value_loss(
 
 
 def token_mean(
-    per_token: torch.Tensor, mask: torch.Tensor, normalizer: int | float
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    normalizer: int | float,
+    trajectory_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum of masked per-token losses divided by the step's normalizer.
 
     ``token_mean``, ``seq_mean_token_sum`` and ``constant`` are this same sum;
     they differ only in the normalizer the trainer passes: the step's token
-    count, its sequence count, or sequences x a fixed token budget.
+    count, its trajectory count, or trajectories x a fixed token budget. A sum
+    over tokens does not depend on how they are split into rows, so
+    ``trajectory_ids`` is not needed.
 
     Args:
         per_token: Shape (N, T).
         mask: Shape (N, T).
         normalizer: For the whole optimizer step (all micro-batches).
+        trajectory_ids: Shape (N,); unused (see above).
     """
     return (per_token * mask).sum() / max(float(normalizer), 1.0)
 
 
 def seq_mean_token_mean(
-    per_token: torch.Tensor, mask: torch.Tensor, num_sequences: int | float
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    num_sequences: int | float,
+    trajectory_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over each sequence's masked tokens, summed, divided by the step's sequence count.
+    """Mean over each trajectory's masked tokens, summed, divided by the step's trajectory count.
 
     Args:
         per_token: Shape (N, T).
         mask: Shape (N, T).
-        num_sequences: Sequences in the whole optimizer step (all micro-batches).
+        num_sequences: Trajectories in the whole optimizer step (all micro-batches).
+        trajectory_ids: Shape (N,), each row's trajectory, whose rows must all
+            be here; None: one row per trajectory.
     """
-    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (N,)
+    trajectories = TrajectoryIndex.of(trajectory_ids, len(mask))
+    sums = trajectories.sum((per_token * mask).sum(-1))  # (M,)
+    per_sequence = sums / trajectories.sum(mask.sum(-1)).clamp(min=1)  # (M,)
     return per_sequence.sum() / max(float(num_sequences), 1.0)
 
 
@@ -176,7 +208,7 @@ seq_mean_token_sum = token_mean
 constant_normalizer = token_mean
 
 
-AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int | float], torch.Tensor]] = {
+AGGREGATIONS: dict[str, Aggregation] = {
     "token_mean": token_mean,
     "seq_mean_token_mean": seq_mean_token_mean,
     "seq_mean_token_sum": seq_mean_token_sum,

@@ -39,7 +39,10 @@ def constant_tokens(config: TrainingConfig) -> int:
 
 
 def step_normalizer(tokens: float, sequences: float, config: TrainingConfig) -> float:
-    """What the step's aggregated losses are divided by (``algorithm.loss_aggregation``)."""
+    """What the step's aggregated losses are divided by (``algorithm.loss_aggregation``).
+
+    ``sequences`` counts trajectories: one trained as several rows counts once.
+    """
     how = config.algorithm.loss_aggregation
     if how == "token_mean":
         return float(tokens)
@@ -60,7 +63,8 @@ def micro_batch_loss(
     Args:
         policy: The module the policy's forward pass goes through.
         critic: The value model (GAE), or None.
-        micro: Scored and estimated rows (whole groups for a loss that compares them).
+        micro: Scored and estimated rows: whole trajectories (whole groups for
+            a loss that compares them).
         step: The sizes of the optimizer step the micro-batch belongs to.
         config: The training configuration.
 
@@ -71,18 +75,19 @@ def micro_batch_loss(
     algo = config.algorithm
     spec = algorithm_for(algo)
     mask = micro.loss_mask
+    aggregate = AGGREGATIONS[algo.loss_aggregation]
     out = _policy_forward(policy, micro, config, hidden=critic is not None and critic.model.shared)
     share = mask.sum().item() / max(step.rank_tokens, 1)  # this micro-batch's share of the tokens
     loss, parts = spec.loss.compute(out.logprobs, micro, algo, step)
     parts["loss/policy"] = loss.item()
     if micro.ref_logprobs is not None:
         kl = KL_ESTIMATORS[algo.kl_estimator](out.logprobs, micro.ref_logprobs)  # (n, T)
-        kl_loss = AGGREGATIONS[algo.loss_aggregation](kl, mask, step.normalizer)
+        kl_loss = aggregate(kl, mask, step.normalizer, micro.trajectory_ids)
         parts["loss/kl"] = kl_loss.item()
         parts["train/kl"] = masked_mean(kl.detach(), mask).item() * share
         if spec.loss.adds_kl_term and algo.kl_penalty == "loss" and algo.beta > 0:
             loss = loss + algo.beta * kl_loss
-    entropy_loss = AGGREGATIONS[algo.loss_aggregation](out.entropy, mask, step.normalizer)
+    entropy_loss = aggregate(out.entropy, mask, step.normalizer, micro.trajectory_ids)
     parts["train/entropy"] = masked_mean(out.entropy.detach(), mask).item() * share
     if algo.entropy_coef > 0:
         loss = loss - algo.entropy_coef * entropy_loss
@@ -134,5 +139,5 @@ def _value_loss(
         mask,
         clip=algo.value_clip,
     )
-    loss = AGGREGATIONS[algo.loss_aggregation](per_token, mask, normalizer)
+    loss = AGGREGATIONS[algo.loss_aggregation](per_token, mask, normalizer, micro.trajectory_ids)
     return loss, stats["value_clip_frac"].item()

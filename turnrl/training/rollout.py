@@ -21,6 +21,13 @@ aggregated in float64 and never raise (:mod:`turnrl.scores`). An episode whose
 conversation outgrows the model's context ends there, truncated (GAE bootstraps), and is
 counted in ``rollout/context_overflow``.
 
+What the agent sees. Before every turn the agent is prompted with
+``env.agent_view(conversation)`` (the whole conversation unless the
+environment or a context policy says otherwise; checked by
+:func:`~turnrl.environments.base.checked_agent_view`). The trajectory keeps the
+whole conversation, and a turn prompted with something else keeps its view in
+``Turn.view`` (``rollout/view_frac``: the share of such turns, when there are any).
+
 Tools. After ``reset``, the tools the episode's environment offers
 (``env.tools``: :class:`~turnrl.tools.Tool` objects or JSON schemas, which
 wrappers forward) are passed to every ``agent.respond(..., tools=...)`` of
@@ -46,7 +53,12 @@ import structlog
 from turnrl.agents.base import Agent
 from turnrl.agents.inference import ContextOverflowError, InferenceEngine, SamplingParams
 from turnrl.agents.templates import ChatTemplateError
-from turnrl.environments.base import Environment, checked_reset, checked_step
+from turnrl.environments.base import (
+    Environment,
+    checked_agent_view,
+    checked_reset,
+    checked_step,
+)
 from turnrl.environments.wrappers import Timeout, TurnLimit
 from turnrl.scores import mean, std
 from turnrl.tools import tool_schemas
@@ -91,8 +103,9 @@ async def run_episode(
         if tools and _takes_keyword(agent.respond, "tools"):
             kwargs["tools"] = tools
         while True:
+            view = await checked_agent_view(episode_env, conversation)
             try:
-                turn = await agent.respond(conversation, **kwargs)
+                turn = await agent.respond(view, **kwargs)
             except ContextOverflowError:
                 if not trajectory.turns:
                     raise  # not even the opening fits: nothing to learn from
@@ -100,6 +113,8 @@ async def run_episode(
                 trajectory.truncated = True
                 trajectory.info = {"truncated_by": "context_length"}
                 break
+            if view != conversation:  # the trajectory keeps what this turn was prompted with
+                turn.view = view
             observation, reward, terminated, truncated, info = await checked_step(
                 episode_env, turn.message
             )
@@ -227,6 +242,10 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], prefix: str = "rollout") 
             ),
         }
         metrics |= _tool_metrics(ok, prefix)
+        if any(turn.view is not None for ts in turns for turn in ts):
+            metrics[f"{prefix}/view_frac"] = mean(
+                float(turn.view is not None) for ts in turns for turn in ts
+            )
         components: dict[str, list[float]] = {}
         for t in ok:
             for name, value in t.reward_components.items():

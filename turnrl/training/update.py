@@ -10,7 +10,8 @@ Three stages, each a function the Trainer calls in turn:
    (``kl_penalty="reward"``), the estimator, advantage whitening, value targets.
 3. :func:`policy_update`: ``num_iterations`` passes over the batch, each
    split into ``num_minibatches`` optimizer steps, each accumulated over
-   micro-batches of ``optim.micro_batch_size`` sequences.
+   micro-batches of ``optim.micro_batch_size`` rows (whole trajectories: the
+   rows of a trajectory trained as step-wise samples stay together).
 
 What the algorithm needs (behavior log-probs, whole groups per micro-batch,
 whitening by default, its policy loss) comes from its entry in
@@ -32,7 +33,7 @@ import torch
 from torch.profiler import record_function
 
 from turnrl.training.algorithms import ALGORITHMS, StepSizes, algorithm_for
-from turnrl.training.batch import RolloutBatch
+from turnrl.training.batch import RolloutBatch, TrajectoryIndex
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
 from turnrl.training.logprobs import forward_tokens, unscored_prefix
@@ -47,22 +48,28 @@ from turnrl.training.value import ValueModel
 
 
 def micro_batches(batch: RolloutBatch, size: int, *, whole_groups: bool) -> list[torch.Tensor]:
-    """Row indices of each micro-batch: ``size`` rows, or whole groups up to ``size`` rows.
+    """Row indices of each micro-batch: whole trajectories (or whole groups) up to ``size`` rows.
 
-    Rows (or groups) are taken in order of length, so each micro-batch holds
-    sequences of similar length and little padding is computed (the losses
-    are normalized per step, so the order does not change the update).
+    A trajectory trained as several rows stays in one micro-batch, so its
+    per-trajectory loss terms see all its tokens (one may exceed ``size`` to
+    fit); a loss that compares a group's responses gets whole groups.
+    Trajectories (or groups) are taken in order of length, so each
+    micro-batch holds sequences of similar length and little padding is
+    computed (the losses are normalized per step, so the order does not
+    change the update).
     """
     lengths = batch.attention_mask.sum(-1)  # (N,)
-    if not whole_groups:
+    trajectories = batch.trajectories()
+    if not whole_groups and trajectories.is_identity:
         return list(torch.argsort(lengths, stable=True).split(size))
-    groups = sorted(_group_rows(batch), key=lambda rows: int(lengths[rows].max()))
+    units = _group_rows(batch) if whole_groups else _trajectory_rows(trajectories)
+    units = sorted(units, key=lambda rows: int(lengths[rows].max()))
     out, current = [], []
-    for group in groups:
-        if current and len(current) + len(group) > size:
+    for unit in units:
+        if current and len(current) + len(unit) > size:
             out.append(torch.tensor(current))
             current = []
-        current.extend(group)
+        current.extend(unit)
     if current:
         out.append(torch.tensor(current))
     return out
@@ -90,6 +97,13 @@ def _group_rows(batch: RolloutBatch) -> list[list[int]]:
     for i, g in enumerate(batch.group_ids.tolist()):
         rows[g].append(i)
     return list(rows.values())
+
+
+def _trajectory_rows(trajectories: TrajectoryIndex) -> list[list[int]]:
+    rows: list[list[int]] = [[] for _ in range(trajectories.count)]
+    for i, m in enumerate(trajectories.of_row.tolist()):
+        rows[m].append(i)
+    return rows
 
 
 @torch.no_grad()
@@ -295,15 +309,16 @@ def step_sizes(
     mini: RolloutBatch, num_micro_batches: int, config: TrainingConfig, ctx: DistributedContext
 ) -> StepSizes:
     """The sizes of the optimizer step on ``mini`` (this rank's share), summed over ranks."""
+    trajectories = mini.trajectories().count  # a trajectory of several rows counts once
     tokens, sequences, groups, micros = all_sum(
-        [mini.num_tokens, len(mini), len(_group_rows(mini)), num_micro_batches], ctx
+        [mini.num_tokens, trajectories, len(_group_rows(mini)), num_micro_batches], ctx
     )
     return StepSizes(
         normalizer=step_normalizer(tokens, sequences, config),
         groups=groups,
         micro_batches=micros,
         rank_tokens=mini.num_tokens,
-        rank_sequences=len(mini),
+        rank_sequences=trajectories,
     )
 
 
@@ -324,6 +339,7 @@ def _update_metrics(
         "train/lr": optim.scheduler.get_last_lr()[0],
         "train/num_tokens": float(batch.num_tokens),
         "train/num_sequences": float(len(batch)),
+        "train/num_trajectories": float(batch.trajectories().count),
         "train/optimizer_steps": float(steps),
         "train/skipped_nonfinite": float(skipped),
         "train/advantage_abs_mean": masked_mean(batch.advantages.abs(), batch.loss_mask).item(),
