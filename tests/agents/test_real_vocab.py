@@ -14,7 +14,7 @@ from turnrl.agents.engine import SamplingParams
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.testing.real_vocab import real_vocab_model
 from turnrl.tools.calls import HermesParser
-from turnrl.training.batch import TokenMismatchError, build_batch
+from turnrl.training.batch import build_batch
 from turnrl.training.logprobs import token_logprobs
 from turnrl.types import Message, Scenario, Trajectory, TrajectoryGroup, user
 
@@ -159,12 +159,6 @@ async def test_sampled_turns_keep_their_tokens_and_log_probs(real_vocab, templat
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    raises=TokenMismatchError,
-    strict=True,
-    reason="step-wise samples (a trajectory split where the prompt is rewritten) are built "
-    "by build_batch on branch steps18; remove this mark when it is merged",
-)
 async def test_step_wise_batches(real_vocab, scripted_engine):
     agent = make_agent(real_vocab("qwen3"), chat_template_kwargs={"enable_thinking": False})
     scripted_engine(agent, [CALL, "17*23 = 391.", "You are welcome."])

@@ -3,7 +3,8 @@ import pytest
 from turnrl.environments import Environment, StepResult
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.rewards import reward_function, score_groups
-from turnrl.training.rollout import collect, rollout_metrics
+from turnrl.training.rollout import collect
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.types import user
 
 

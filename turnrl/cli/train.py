@@ -28,7 +28,8 @@ from turnrl.imports import import_dirs
 from turnrl.logging import configure_logging
 from turnrl.rewards.combine import score_groups
 from turnrl.training.errors import TrainingInterrupted
-from turnrl.training.rollout import rollout_metrics, with_limits
+from turnrl.training.rollout import with_limits
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.training.rundir import check_usable
 from turnrl.training.trainer import Trainer
 

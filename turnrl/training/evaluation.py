@@ -26,7 +26,8 @@ from turnrl.environments.base import Environment
 from turnrl.rewards import RewardFunction, score_groups
 from turnrl.training.config import EvalConfig, TrainingConfig
 from turnrl.training.distributed import DistributedContext, gather, mean_metrics
-from turnrl.training.rollout import collect, rollout_metrics
+from turnrl.training.rollout import collect
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.types import Scenario, TrajectoryGroup, flatten
 
 STDERR = "_stderr"

@@ -16,7 +16,7 @@ from typing import Any
 from turnrl.rewards import RewardFunction, score_groups
 from turnrl.training.config import TrainingConfig
 from turnrl.training.errors import RolloutFailureError
-from turnrl.training.rollout import rollout_metrics
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.types import TrajectoryGroup, flatten
 
 
