@@ -167,3 +167,29 @@ async def test_step_wise_batches(real_vocab, scripted_engine):
     batch = batch_of([trajectory], agent)
     sampled = [i for t in trajectory.turns for i in t.completion_ids]
     assert batch.input_ids[batch.loss_mask.bool()].tolist() == sampled
+
+
+@pytest.mark.anyio
+async def test_truncated_episode_next_state_when_the_template_rewrites_the_last_reply(
+    real_vocab, scripted_engine
+):
+    # Qwen3 with thinking: the last reply's reasoning is dropped once a user answer
+    # follows it, so the next state is the template's text, not the row continued.
+    agent = make_agent(real_vocab("qwen3"))
+    thought = "<think>\nAsk the tool.\n</think>\n\n" + CALL
+    scripted_engine(agent, ["391", "<think>\nDone.\n</think>\n\nIt is 391.", thought])
+    trajectory = await play(agent)
+    trajectory.env_messages[-1] = [user("And 2*3?")]
+    trajectory.truncated = True
+    group = TrajectoryGroup(scenario=trajectory.scenario, trajectories=[trajectory])
+    batch = build_batch([group], pad_token_id=agent.tokenizer.pad_token_id, encode=agent.encode)
+    conversation = trajectory.conversation
+    expected = agent.tokenizer(
+        agent.render(conversation, add_generation_prompt=True), add_special_tokens=False
+    ).input_ids
+    assert "Ask the tool" not in agent.render(conversation, add_generation_prompt=True)
+    state = batch.next_input_ids[-1][batch.next_attention_mask[-1].bool()].tolist()
+    assert state == expected
+    last = trajectory.turns[-1]
+    row = last.prompt_ids + last.completion_ids
+    assert state[: len(row)] != row  # not the row continued

@@ -230,7 +230,7 @@ def build_batch(
 
     Raises:
         ValueError: There is no trajectory to train on.
-        TokenMismatchError: A trajectory has no turns, or see :func:`next_state_ids`.
+        TokenMismatchError: A trajectory has no turns.
     """
     kept = [(g, t) for g, group in enumerate(groups) for t in group.trajectories if not t.failed]
     if not kept:

@@ -75,21 +75,21 @@ def trajectory_rows(trajectory: Trajectory) -> list[Row]:
 
 
 def next_state_ids(trajectory: Trajectory, encode: Encoder) -> list[int]:
-    """Token ids of the state after the last turn, continuing the trajectory's last row.
+    """Token ids of the state after the last turn, as the agent would be prompted with it.
 
-    That is the last turn's prompt and completion followed by the text the chat
-    template adds for the environment's last answer, as the agent would prompt
-    itself with the messages of the last prompt (``Turn.view`` when the
-    environment showed one, else the conversation up to the last turn), the
-    last reply and the last answer. A view that would drop more on the next
-    turn is not asked for: no environment is at hand once the episode is
-    over, and the value of this state is what the last row's values lead to.
-    The tail is taken from ``encode`` of those messages after the last
-    completion, so tools rendered into the head of the prompt (which
-    ``encode`` is not given here) do not change it.
-
-    Raises:
-        TokenMismatchError: ``encode`` does not keep the last completion's tokens.
+    That is the messages of the last prompt (``Turn.view`` when the environment
+    showed one, else the conversation up to the last turn), the last reply and
+    the environment's last answer, encoded. When the template keeps the last
+    reply as it was sampled (prefix mode), the state continues the trajectory's
+    last row: its prompt and completion ids, then the text the template adds
+    for the last answer (taken from ``encode`` after the last completion, so
+    tools rendered into the head of the prompt, which ``encode`` is not given
+    here, do not change it). When the template rewrites the last reply once an
+    answer follows it (a Qwen3-style template drops its reasoning), the state
+    is that encoding itself: what the model would see, which no longer extends
+    the row; the critic values it on its own either way. A view that would
+    drop more on the next turn is not asked for: no environment is at hand once
+    the episode is over.
     """
     last = trajectory.turns[-1]
     messages = list(trajectory.initial_messages)
@@ -107,9 +107,5 @@ def next_state_ids(trajectory: Trajectory, encode: Encoder) -> list[int]:
     full = encode(messages)
     body = len(head) + len(last.completion_ids)
     if full[:body] != head + last.completion_ids:
-        raise TokenMismatchError(
-            f"scenario {trajectory.scenario.id!r}: encoding the conversation with its last "
-            "observation does not keep the last turn's sampled tokens; build prompts by "
-            "re-using sampled tokens (TransformersAgent.encode does)"
-        )
+        return full  # the template rewrote the last reply: the state starts afresh
     return last.prompt_ids + last.completion_ids + full[body:]
