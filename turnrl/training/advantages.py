@@ -37,7 +37,8 @@ Where this departs from the papers:
   reward (environment rewards of every turn plus reward functions) is the
   outcome, and every assistant token of every turn gets the same advantage.
   ``gae`` instead sees each turn's environment reward at that turn's last
-  token (``RolloutBatch.token_rewards``).
+  token (``RolloutBatch.token_rewards``); turn-level credit (one advantage per
+  turn) is :mod:`turnrl.training.turn_credit`.
 """
 
 from __future__ import annotations
@@ -263,7 +264,10 @@ def gae_advantages(
 
 
 def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The GRPO estimator configured by ``config.scale_rewards``."""
+    """The GRPO estimator configured by ``config.scale_rewards``.
+
+    Credit: every turn of a trajectory gets the trajectory's advantage.
+    """
 
     def grpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "group"
@@ -276,7 +280,10 @@ def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
 
 
 def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The RLOO estimator configured by ``config.scale_rewards``."""
+    """The RLOO estimator configured by ``config.scale_rewards``.
+
+    Credit: every turn of a trajectory gets the trajectory's advantage.
+    """
 
     def rloo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "none"
@@ -289,7 +296,11 @@ def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
 
 
 def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The GAE estimator with ``config.gamma`` and ``config.gae_lambda``."""
+    """The GAE estimator with ``config.gamma`` and ``config.gae_lambda``.
+
+    Credit: each token its own advantage; turn ``k``'s tokens see the rewards of
+    turn ``k`` and later turns, discounted by ``gamma`` per sampled token.
+    """
 
     def gae(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         if values is None:
