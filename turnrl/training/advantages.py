@@ -33,12 +33,13 @@ Where this departs from the papers:
   hard prompts). The std is Bessel-corrected and ``eps = 1e-4`` is added, as
   TRL does. Advantage whitening over the batch (:func:`whiten`) is the
   trainer's step after any estimator, on by default for ``gae`` only.
+- Turn-level credit (one advantage per turn, ``turn_grpo`` and ``turn_gae``)
+  is in :mod:`turnrl.training.turn_credit`.
 - A multi-turn trajectory is one sample for the outcome estimators: its total
   reward (environment rewards of every turn plus reward functions) is the
   outcome, and every assistant token of every turn gets the same advantage.
   ``gae`` instead sees each turn's environment reward at that turn's last
-  token (``RolloutBatch.token_rewards``); turn-level credit (one advantage per
-  turn) is :mod:`turnrl.training.turn_credit`.
+  token (``RolloutBatch.token_rewards``).
 """
 
 from __future__ import annotations
