@@ -349,3 +349,50 @@ def test_turn_gamma_is_checked():
     with pytest.raises(ValidationError, match="turn_gamma"):
         AlgorithmConfig(estimator="turn_grpo", turn_gamma=-0.1)
     assert AlgorithmConfig().turn_gamma == 1.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("estimator", ["turn_grpo", "turn_gae"])
+async def test_a_training_step_on_the_quiz_credits_each_turn(
+    tiny_agent, tmp_path, monkeypatch, estimator
+):
+    """The Trainer on a multi-turn task: every turn's tokens share one advantage, and
+    turn_gae's critic targets are one per turn too."""
+    from turnrl.environments.tasks import QuizEnvironment, make_quiz_scenarios
+    from turnrl.training import trainer as trainer_module
+    from turnrl.training.trainer import Trainer
+
+    seen = []
+
+    def recording(batch, *args, **kwargs):
+        out = estimate(batch, *args, **kwargs)
+        seen.append(out[0])
+        return out
+
+    monkeypatch.setattr(trainer_module, "estimate", recording)
+    config = TrainingConfig.from_profile(
+        "balanced",
+        algorithm={"estimator": estimator, "turn_gamma": 0.9},
+        generation={"max_new_tokens": 3},
+        rollout={"scenarios_per_step": 2, "num_generations": 4},
+        run={"max_steps": 1, "output_dir": str(tmp_path / "run")},
+    )
+    env = QuizEnvironment(make_quiz_scenarios(4, questions=2))
+    trainer = Trainer(tiny_agent, env, None, config)
+    if trainer.value_model is not None:  # the head starts at 0: give it values that vary
+        torch.nn.init.normal_(trainer.value_model.head.weight, std=0.5)
+    metrics = await trainer.step()
+    trainer.close()
+    assert metrics["rollout/turns_mean"] == 2.0
+    assert metrics["train/optimizer_steps"] == 1.0
+    (batch,) = seen
+    table = turn_table(batch)
+    assert table.present.all()  # two turns in every episode
+    for per_token_values in (batch.advantages, batch.returns):
+        if per_token_values is None:  # turn_grpo has no critic
+            assert estimator == "turn_grpo"
+            continue
+        # One value per turn: every token of a turn holds its turn's first token's value.
+        first = per_token_values.flatten()[table.first]  # (M, K)
+        assert_close(per_token_values, table.broadcast(first) * batch.loss_mask)
+    assert ("loss/value" in metrics) == (estimator == "turn_gae")
