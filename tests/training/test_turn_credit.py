@@ -255,6 +255,30 @@ def test_with_one_turn_per_trajectory_turn_gae_is_outcome_minus_the_prompt_value
     assert not torch.allclose(turn, token)  # later tokens: token-level GAE's own values
 
 
+def test_turn_grpo_groups_by_observation_hand_worked():
+    # Rows: prompt token 5, turn 0 at position 1, an observation token at 2, turn 1 at 3.
+    # The observation says 7 (right) or 8 (wrong) in group 0; in group 1, row 4's second
+    # observation is 5 again, the same as every turn 0's prompt.
+    rewards = [(1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.0, 1.0), (1.0, 0.0)]
+    batch, positions = hand_batch([[(1, a), (1, b)] for a, b in rewards], [0, 0, 0, 1, 1])
+    batch.input_ids[:, 0] = 5
+    batch.input_ids[:, 2] = torch.tensor([7, 7, 8, 9, 5])
+    # turn_gamma 0: G_k = r_k. Sets (group, observation), scale_rewards none:
+    #   (0, [5]): rows 0, 1, 2 turn 0: 1, 1, 0 -> mean 2/3 -> 1/3, 1/3, -2/3
+    #   (0, [7]): rows 0, 1 turn 1: 0, 1 -> mean 0.5 -> -0.5, 0.5
+    #   (0, [8]): row 2 turn 1 alone -> 0
+    #   (1, [5]): rows 3, 4 turn 0 and row 4 turn 1: 0, 1, 0 -> mean 1/3 -> -1/3, 2/3, -1/3
+    #   (1, [9]): row 3 turn 1 alone -> 0
+    config = AlgorithmConfig(turn_gamma=0.0, scale_rewards="none", turn_groups="observation")
+    expected = [[1 / 3, -0.5], [1 / 3, 0.5], [-2 / 3, 0.0], [-1 / 3, 0.0], [2 / 3, -1 / 3]]
+    assert_close(make_turn_grpo(config)(batch), per_token(positions, expected))
+    # By index instead: turn 1 of group 0 is 0, 1, 1 (mean 2/3); group 1: 0, 1 then 1, 0.
+    config = AlgorithmConfig(turn_gamma=0.0, scale_rewards="none")
+    assert config.turn_groups == "index"
+    expected = [[1 / 3, -2 / 3], [1 / 3, 1 / 3], [-2 / 3, 1 / 3], [-0.5, 0.5], [0.5, -0.5]]
+    assert_close(make_turn_grpo(config)(batch), per_token(positions, expected))
+
+
 def test_turn_ids_from_the_mask_fallback():
     mask = torch.tensor([[0.0, 1, 1, 0, 1, 0, 1], [0, 0, 1, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0, 0]])
     assert turn_ids_from_mask(mask).tolist() == [
@@ -349,12 +373,22 @@ def test_turn_gamma_is_checked():
     with pytest.raises(ValidationError, match="turn_gamma"):
         AlgorithmConfig(estimator="turn_grpo", turn_gamma=-0.1)
     assert AlgorithmConfig().turn_gamma == 1.0
+    with pytest.raises(ValidationError, match="turn_groups"):
+        AlgorithmConfig(estimator="turn_grpo", turn_groups="state")
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("estimator", ["turn_grpo", "turn_gae"])
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        {"estimator": "turn_grpo"},
+        {"estimator": "turn_grpo", "turn_groups": "observation"},
+        {"estimator": "turn_gae"},
+    ],
+    ids=lambda a: "-".join(a.values()),
+)
 async def test_a_training_step_on_the_quiz_credits_each_turn(
-    tiny_agent, tmp_path, monkeypatch, estimator
+    tiny_agent, tmp_path, monkeypatch, algorithm
 ):
     """The Trainer on a multi-turn task: every turn's tokens share one advantage, and
     turn_gae's critic targets are one per turn too."""
@@ -362,6 +396,7 @@ async def test_a_training_step_on_the_quiz_credits_each_turn(
     from turnrl.training import trainer as trainer_module
     from turnrl.training.trainer import Trainer
 
+    estimator = algorithm["estimator"]
     seen = []
 
     def recording(batch, *args, **kwargs):
@@ -372,7 +407,7 @@ async def test_a_training_step_on_the_quiz_credits_each_turn(
     monkeypatch.setattr(trainer_module, "estimate", recording)
     config = TrainingConfig.from_profile(
         "balanced",
-        algorithm={"estimator": estimator, "turn_gamma": 0.9},
+        algorithm={**algorithm, "turn_gamma": 0.9},
         generation={"max_new_tokens": 3},
         rollout={"scenarios_per_step": 2, "num_generations": 4},
         run={"max_steps": 1, "output_dir": str(tmp_path / "run")},

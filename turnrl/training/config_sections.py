@@ -203,6 +203,12 @@ class AlgorithmConfig(Section):
         description="turn_gae, turn_grpo: discount per turn (a turn's return is "
         "sum_j turn_gamma^(j-k) r_j over its own and later turns).",
     )
+    turn_groups: Literal["index", "observation"] = Field(
+        "index",
+        description="turn_grpo: which turns a turn is compared with - turn k of every episode "
+        "of its group (index), or its group's turns whose observation, the tokens since the "
+        "agent's last reply, is identical (observation, GiGPO's anchor states).",
+    )
     value_coef: float = Field(0.1, ge=0, description="gae, turn_gae: weight of the value loss.")
     value_clip: float | None = Field(
         0.2,

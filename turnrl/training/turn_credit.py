@@ -32,8 +32,12 @@ Where this departs from the papers:
   scenario). Otherwise turn ``k`` of two episodes answers different
   situations, and the set's mean is a baseline for "turn ``k`` of this
   scenario" in general, not for the state itself: still a valid baseline (it
-  does not depend on the turn's own action), but a noisier one. GiGPO groups
-  turns by identical observation instead; that is not done here.
+  does not depend on the turn's own action), but a noisier one.
+  ``turn_groups: observation`` groups a group's turns by identical observation
+  instead (the tokens since the agent's last reply, :func:`same_observation`),
+  as GiGPO's anchor states do, whatever their index. Identical tokens are the
+  same state for the environment, not for the policy, which also sees the
+  earlier turns.
 - A comparison set of one turn (only one episode of the group reached turn
   ``k``) has no baseline: its turns get advantage 0.
 - MT-GRPO and GiGPO add a turn-level advantage to the trajectory's outcome
@@ -191,20 +195,50 @@ def turn_returns(rewards: torch.Tensor, present: torch.Tensor, gamma: float) -> 
     return returns * present
 
 
+def same_index(table: TurnTable) -> torch.Tensor:
+    """Comparison sets of turn index: turn ``k`` of every trajectory of a group. Shape (M, K)."""
+    k = table.present.shape[1]
+    return table.group_ids[:, None] * k + torch.arange(k, device=table.present.device)
+
+
+def same_observation(batch: RolloutBatch, table: TurnTable) -> torch.Tensor:
+    """Comparison sets of observation: the turns of a group whose prompts end alike. Shape (M, K).
+
+    A turn's observation is the token ids between the previous sampled token of
+    its row and its own first token (for the first turn of a row, the whole
+    prompt): what the environment said and the template added since the
+    agent's last reply. Turns of one group with the same observation share a
+    set, whatever their index (GiGPO's anchor states).
+    """
+    mask = batch.loss_mask > 0  # (N, T)
+    width = mask.shape[1]
+    after = torch.arange(1, width + 1, device=mask.device)  # (T,) one past each position
+    ends = torch.cummax(torch.where(mask, after, 0), dim=1).values  # (N, T) last reply's end
+    sets = torch.full_like(table.first, -1)  # (M, K)
+    keys: dict[tuple[int, tuple[int, ...]], int] = {}
+    for m, k in table.present.nonzero().tolist():
+        row, start = divmod(int(table.first[m, k]), width)
+        since = int(ends[row, start - 1]) if start > 0 else 0
+        key = (int(table.group_ids[m]), tuple(batch.input_ids[row, since:start].tolist()))
+        sets[m, k] = keys.setdefault(key, len(keys))
+    return sets
+
+
 def turn_grpo_advantages(
     returns: torch.Tensor,
     present: torch.Tensor,
-    group_ids: torch.Tensor,
+    sets: torch.Tensor,
     *,
     scale: str = "group",
     eps: float = 1e-4,
 ) -> torch.Tensor:
-    """Each turn's return against the same turn index of its group's other trajectories.
+    """Each turn's return against the other turns of its comparison set.
 
     Args:
         returns: Shape (M, K), ``G_k`` per trajectory and turn.
         present: Shape (M, K), which turns exist.
-        group_ids: Shape (M,), each trajectory's group.
+        sets: Shape (M, K), each turn's comparison set (:func:`same_index`,
+            :func:`same_observation`); read where ``present``.
         scale: ``group`` (the comparison set's std), ``batch`` (the std of every
             turn return in the batch) or ``none``.
         eps: Added to the std before dividing.
@@ -212,8 +246,6 @@ def turn_grpo_advantages(
     Returns:
         Shape (M, K); 0 where there is no turn, and for a turn alone in its set.
     """
-    k = returns.shape[1]
-    sets = group_ids[:, None] * k + torch.arange(k, device=returns.device)  # (M, K)
     _, set_ids = torch.unique(sets[present], return_inverse=True)  # (P,) dense set ids
     g = returns[present]  # (P,)
     centered = g - group_mean(g, set_ids)  # (P,) 0 for a set of one
@@ -272,18 +304,23 @@ def turn_state_values(batch: RolloutBatch, values: torch.Tensor) -> torch.Tensor
 
 
 def make_turn_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The turn-level group baseline: ``config.turn_gamma`` and ``config.scale_rewards``.
+    """The turn-level group baseline: ``turn_gamma``, ``turn_groups``, ``scale_rewards``.
 
     Credit: turn ``k`` gets its discounted return from turn ``k`` on, against
-    the mean of the same turn index across its group (0 when alone).
+    the mean of its comparison set (0 when alone): the same turn index across
+    its group (``turn_groups: index``) or the group's turns with the same
+    observation (``observation``).
     """
 
     def turn_grpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         table = turn_table(batch)
         returns = turn_returns(table.rewards, table.present, config.turn_gamma)  # (M, K)
-        advantages = turn_grpo_advantages(
-            returns, table.present, table.group_ids, scale=config.scale_rewards or "group"
-        )
+        if config.turn_groups == "observation":
+            sets = same_observation(batch, table)
+        else:
+            sets = same_index(table)
+        how = config.scale_rewards or "group"
+        advantages = turn_grpo_advantages(returns, table.present, sets, scale=how)
         return table.broadcast(advantages) * batch.loss_mask  # (N, T)
 
     return turn_grpo
