@@ -20,9 +20,9 @@ same advantage ``A_k``.
 - ``turn_grpo``: a group baseline per turn, as in MT-GRPO (Zeng et al. 2025,
   arXiv 2505.11821) and GiGPO's step-level groups (Feng et al. 2025, arXiv
   2505.10978). Turn ``k``'s return is ``G_k = sum_{j>=k} turn_gamma^(j-k)
-  r_j``; its comparison set is turn ``k`` of every trajectory of the group,
-  and ``A_k = (G_k - mean G_k over the set) / (std + eps)`` with
-  ``scale_rewards`` as for ``grpo``.
+  r_j``; its comparison set is turn ``k`` of every trajectory of the group
+  (``turn_groups: index``), and ``A_k = (G_k - mean G_k over the set) / (std
+  + eps)`` with ``scale_rewards`` as for ``grpo``.
 
 Where this departs from the papers:
 
@@ -39,7 +39,7 @@ Where this departs from the papers:
   same state for the environment, not for the policy, which also sees the
   earlier turns.
 - A comparison set of one turn (only one episode of the group reached turn
-  ``k``) has no baseline: its turns get advantage 0.
+  ``k``, or saw that observation) has no baseline: the turn gets advantage 0.
 - MT-GRPO and GiGPO add a turn-level advantage to the trajectory's outcome
   advantage; here ``A_k`` is the turn-level one alone, but ``G_k`` holds the
   outcome (the reward functions' score is part of the last turn's reward).
@@ -48,9 +48,9 @@ Where this departs from the papers:
 - ``scale_rewards: batch`` divides by the std of every turn return of this
   batch; with several processes it is this process's batch alone (``grpo``
   uses all ranks' rewards).
-- A turn with no sampled token is not a time step of ``turn_gae`` (the next
-  turn's value follows the previous one directly) and has return ``r_k = 0``
-  for ``turn_grpo``.
+- A turn with no sampled token has nothing to credit and no value: it is not
+  a time step of ``turn_gae`` (the next turn's value follows the previous
+  one's directly), and it adds ``r_k = 0`` to earlier returns of ``turn_grpo``.
 """
 
 from __future__ import annotations
@@ -137,13 +137,14 @@ def turn_table(batch: RolloutBatch) -> TurnTable:
 
     Reads ``batch.trajectory_ids`` and ``batch.turn_ids`` when the batch has
     them; otherwise each row is a trajectory and its turns are the runs of its
-    loss mask (:func:`turn_ids_from_mask`).
+    loss mask (:func:`turn_ids_from_mask`). Token rewards off the sampled
+    tokens are not counted (``build_batch`` puts none there).
     """
     n, width = batch.loss_mask.shape
     device = batch.loss_mask.device
     trajectory_ids = getattr(batch, "trajectory_ids", None)
     turn_ids = getattr(batch, "turn_ids", None)
-    if turn_ids is None:
+    if turn_ids is None:  # temporary: batches built before turn_ids existed, or by hand
         turn_ids = turn_ids_from_mask(batch.loss_mask, trajectory_ids)
     if trajectory_ids is None:
         trajectory_ids = torch.arange(n, device=device)
