@@ -20,27 +20,38 @@ from turnrl.training.algorithms import (
     algorithm_for,
     check_custom_estimator,
     estimator_factory,
+    token_state_values,
 )
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import AlgorithmConfig, TrainingConfig
 from turnrl.training.estimate import estimate
 from turnrl.training.gvpo import make_gvpo
 from turnrl.training.optim import Optimization
+from turnrl.training.turn_credit import make_turn_gae, make_turn_grpo, turn_state_values
 from turnrl.training.update import logprobs_and_values, policy_update
 
 PACKAGE = Path(__file__).resolve().parents[2] / "turnrl"
 
 
 def test_table_entries():
-    assert set(ALGORITHMS) == {"grpo", "rloo", "gae", "gvpo"}
+    assert set(ALGORITHMS) == {"grpo", "rloo", "gae", "gvpo", "turn_grpo", "turn_gae"}
     assert set(LOSSES) == {"ppo_clip", "gvpo"}
-    assert [a.estimator for a in ALGORITHMS.values()] == [make_grpo, make_rloo, make_gae, make_gvpo]
+    assert [a.estimator for a in ALGORITHMS.values()] == [
+        make_grpo,
+        make_rloo,
+        make_gae,
+        make_gvpo,
+        make_turn_grpo,
+        make_turn_gae,
+    ]
     assert all(callable(a.estimator(AlgorithmConfig())) for a in ALGORITHMS.values())
-    assert [k for k, a in ALGORITHMS.items() if a.critic] == ["gae"]
-    assert [k for k, a in ALGORITHMS.items() if a.whiten_advantages] == ["gae"]
+    assert [k for k, a in ALGORITHMS.items() if a.critic] == ["gae", "turn_gae"]
+    assert [k for k, a in ALGORITHMS.items() if a.whiten_advantages] == ["gae", "turn_gae"]
     assert [k for k, a in ALGORITHMS.items() if a.loss.whole_groups] == ["gvpo"]
     assert [k for k, a in ALGORITHMS.items() if not a.takes_custom_estimator] == ["gvpo"]
-    assert [k for k, a in ALGORITHMS.items() if not a.compares_group] == ["gae"]
+    assert [k for k, a in ALGORITHMS.items() if not a.compares_group] == ["gae", "turn_gae"]
+    baselines = {k: a.value_baseline for k, a in ALGORITHMS.items() if a.critic}
+    assert baselines == {"gae": token_state_values, "turn_gae": turn_state_values}
 
 
 def test_no_name_comparisons_outside_the_table():

@@ -117,7 +117,7 @@ def one_update(cfg, micro_batch_size, batch):
     policy = small_model()
     ref = small_model().requires_grad_(False) if cfg.algorithm.uses_reference else None
     value = None
-    if cfg.algorithm.estimator == "gae":
+    if ALGORITHMS[cfg.algorithm.estimator].critic:
         value = ValueModel(policy, separate=cfg.algorithm.critic == "separate")
         torch.nn.init.normal_(
             value.head.weight, std=0.5, generator=torch.Generator().manual_seed(1)
@@ -141,6 +141,9 @@ CASES = [
     {"estimator": "gae", "critic": "separate", "kl_penalty": "reward"},
     {"estimator": "gvpo", "beta": 0.5},
     {"estimator": "gvpo", "beta": 0.5, "gvpo_reference": "reference"},
+    {"estimator": "turn_grpo", "turn_gamma": 0.9, "loss_aggregation": "seq_mean_token_mean"},
+    {"estimator": "turn_gae", "turn_gamma": 0.9, "gae_lambda": 0.8},
+    {"estimator": "turn_gae", "critic": "separate", "kl_penalty": "reward"},
 ]
 
 

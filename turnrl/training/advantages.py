@@ -33,6 +33,8 @@ Where this departs from the papers:
   hard prompts). The std is Bessel-corrected and ``eps = 1e-4`` is added, as
   TRL does. Advantage whitening over the batch (:func:`whiten`) is the
   trainer's step after any estimator, on by default for ``gae`` only.
+- Turn-level credit (one advantage per turn, ``turn_grpo`` and ``turn_gae``)
+  is in :mod:`turnrl.training.turn_credit`.
 - A multi-turn trajectory is one sample for the outcome estimators: its total
   reward (environment rewards of every turn plus reward functions) is the
   outcome, and every assistant token of every turn gets the same advantage.
@@ -305,7 +307,10 @@ def _time_steps(
 
 
 def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The GRPO estimator configured by ``config.scale_rewards``."""
+    """The GRPO estimator configured by ``config.scale_rewards``.
+
+    Credit: every turn of a trajectory gets the trajectory's advantage.
+    """
 
     def grpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "group"
@@ -322,7 +327,10 @@ def make_grpo(config: AlgorithmConfig) -> AdvantageEstimator:
 
 
 def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The RLOO estimator configured by ``config.scale_rewards``."""
+    """The RLOO estimator configured by ``config.scale_rewards``.
+
+    Credit: every turn of a trajectory gets the trajectory's advantage.
+    """
 
     def rloo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         how = config.scale_rewards or "none"
@@ -339,7 +347,11 @@ def make_rloo(config: AlgorithmConfig) -> AdvantageEstimator:
 
 
 def make_gae(config: AlgorithmConfig) -> AdvantageEstimator:
-    """The GAE estimator with ``config.gamma`` and ``config.gae_lambda``."""
+    """The GAE estimator with ``config.gamma`` and ``config.gae_lambda``.
+
+    Credit: each token its own advantage; turn ``k``'s tokens see the rewards of
+    turn ``k`` and later turns, discounted by ``gamma`` per sampled token.
+    """
 
     def gae(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         if values is None:

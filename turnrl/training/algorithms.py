@@ -9,6 +9,8 @@ algorithm, write its functions and add one entry here.
 - ``grpo``, ``rloo``, ``gae``: advantage estimators (papers and departures in
   :mod:`turnrl.training.advantages`) feeding the PPO-clip loss (Schulman et al.
   2017, with DAPO's separate clip ranges; :func:`~turnrl.training.losses.ppo_clip_loss`).
+- ``turn_grpo``, ``turn_gae``: turn-level credit, one advantage per turn
+  (:mod:`turnrl.training.turn_credit`), feeding PPO-clip.
 - ``gvpo``: a loss with its own estimator, all of it in :mod:`turnrl.training.gvpo`.
 - ``package.module:factory``: a user's estimator factory, feeding PPO-clip
   (:func:`algorithm_for`).
@@ -29,11 +31,15 @@ from turnrl.training import gvpo
 from turnrl.training.advantages import AdvantageEstimator, make_gae, make_grpo, make_rloo
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.losses import AGGREGATIONS, ppo_clip_loss
+from turnrl.training.turn_credit import make_turn_gae, make_turn_grpo, turn_state_values
+from turnrl.training.value import state_values
 
 if TYPE_CHECKING:
     from turnrl.training.config import AlgorithmConfig
 
 EstimatorFactory = Callable[["AlgorithmConfig"], AdvantageEstimator]
+ValueBaseline = Callable[[RolloutBatch, torch.Tensor], torch.Tensor]
+"""``(batch, values (N, T)) -> (N, T)``: the value each token's advantage is measured from."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,11 @@ def _no_constraints(config: AlgorithmConfig) -> None:
     """Accept every setting."""
 
 
+def token_state_values(batch: RolloutBatch, values: torch.Tensor) -> torch.Tensor:
+    """Token-level baseline: the value of the state each token was chosen in. (N, T) -> (N, T)."""
+    return state_values(values)
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """An advantage estimator, the loss it feeds, and what the pair needs.
@@ -114,6 +125,10 @@ class Algorithm:
         critic: It needs a value model (trained by the value loss).
         whiten_advantages: The default of ``algorithm.whiten_advantages``.
         check: Raises ValueError, naming the fix, for settings it cannot honour.
+        value_baseline: With a critic, the value each token's advantage is
+            measured from; the value targets are ``advantages + value_baseline``
+            (the state the token was chosen in, or for turn-level credit the
+            state its turn started from).
     """
 
     estimator: EstimatorFactory
@@ -122,6 +137,7 @@ class Algorithm:
     critic: bool = False
     whiten_advantages: bool = False
     check: Callable[[AlgorithmConfig], None] = _no_constraints
+    value_baseline: ValueBaseline = token_state_values
 
     @property
     def takes_custom_estimator(self) -> bool:
@@ -197,6 +213,14 @@ ALGORITHMS: dict[str, Algorithm] = {
     "rloo": Algorithm(make_rloo, PPO_CLIP, compares_group=True),
     "gae": Algorithm(make_gae, PPO_CLIP, critic=True, whiten_advantages=True),
     "gvpo": Algorithm(gvpo.make_gvpo, GVPO, compares_group=True, check=gvpo.check_config),
+    "turn_grpo": Algorithm(make_turn_grpo, PPO_CLIP, compares_group=True),
+    "turn_gae": Algorithm(
+        make_turn_gae,
+        PPO_CLIP,
+        critic=True,
+        whiten_advantages=True,
+        value_baseline=turn_state_values,
+    ),
 }
 """``algorithm.estimator`` -> the algorithm."""
 

@@ -143,8 +143,9 @@ class AlgorithmConfig(Section):
     )
     scale_rewards: Literal["group", "batch", "none"] | None = Field(
         None,
-        description="grpo/rloo: divide centered rewards by the group std, the batch std, or "
-        "nothing (Dr. GRPO). None: group for grpo, none for rloo.",
+        description="grpo/rloo/turn_grpo: divide centered rewards (returns for turn_grpo) by "
+        "the group's (turn_grpo: the comparison set's) std, the batch std, or nothing (Dr. "
+        "GRPO). None: group for grpo and turn_grpo, none for rloo.",
     )
     whiten_advantages: bool | None = Field(
         None,
@@ -199,18 +200,35 @@ class AlgorithmConfig(Section):
         "the update; they are counted in rollout/frac_zero_std either way.",
     )
     gamma: float = Field(1.0, ge=0, le=1, description="gae: discount per sampled token.")
-    gae_lambda: float = Field(0.95, ge=0, le=1, description="gae: GAE's lambda.")
-    value_coef: float = Field(0.1, ge=0, description="gae: weight of the value loss.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="gae, turn_gae: GAE's lambda.")
+    turn_gamma: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="turn_gae, turn_grpo: discount per turn (a turn's return is "
+        "sum_j turn_gamma^(j-k) r_j over its own and later turns).",
+    )
+    turn_groups: Literal["index", "observation"] = Field(
+        "index",
+        description="turn_grpo: which turns a turn is compared with - turn k of every episode "
+        "of its group (index), or its group's turns whose observation, the tokens since the "
+        "agent's last reply, is identical (observation, GiGPO's anchor states).",
+    )
+    value_coef: float = Field(0.1, ge=0, description="gae, turn_gae: weight of the value loss.")
     value_clip: float | None = Field(
-        0.2, gt=0, description="gae: clip value updates to +-value_clip (None: no clipping)."
+        0.2,
+        gt=0,
+        description="gae, turn_gae: clip value updates to +-value_clip (None: no clipping).",
     )
     critic: Literal["shared", "separate"] = Field(
         "shared",
-        description="gae: value head on the policy's last hidden state (shared trunk), or on "
-        "its own copy of the policy's trunk (separate).",
+        description="gae, turn_gae: value head on the policy's last hidden state (shared "
+        "trunk), or on its own copy of the policy's trunk (separate).",
     )
     value_lr: float | None = Field(
-        None, gt=0, description="gae: learning rate of the value parameters (None: optim.lr)."
+        None,
+        gt=0,
+        description="gae, turn_gae: learning rate of the value parameters (None: optim.lr).",
     )
     gvpo_reference: Literal["behavior", "reference"] = Field(
         "behavior",

@@ -2,8 +2,10 @@
 
 Whether advantages are whitened by default is the algorithm's choice
 (:data:`~turnrl.training.algorithms.ALGORITHMS`); ``algorithm.whiten_advantages``
-overrides it. With several processes, the batch std of the rewards and the
-whitening moments are those of all ranks' batches together.
+overrides it. So is the value each token's advantage is measured from: the critic's
+target is the advantage (before whitening) plus that value. With several processes, the
+batch std of the rewards and the whitening moments are those of all ranks' batches
+together.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import AlgorithmConfig, TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum
 from turnrl.training.losses import KL_ESTIMATORS
-from turnrl.training.value import critic_stats, state_values
+from turnrl.training.value import critic_stats
 
 
 def estimate(
@@ -52,14 +54,16 @@ def estimate(
             f"{tuple(batch.loss_mask.shape)} (one advantage per token)"
         )
     advantages = advantages * batch.loss_mask
+    spec = algorithm_for(algo)
     returns = None
     if batch.values is not None:
-        returns = (advantages + state_values(batch.values)) * batch.loss_mask
-        critic = critic_stats(state_values(batch.values), returns, batch.loss_mask)
+        baseline = spec.value_baseline(batch, batch.values)  # (N, T)
+        returns = (advantages + baseline) * batch.loss_mask
+        critic = critic_stats(baseline, returns, batch.loss_mask)
         metrics |= {f"train/{name}": value for name, value in critic.items()}
     whitening = algo.whiten_advantages
     if whitening is None:
-        whitening = algorithm_for(algo).whiten_advantages
+        whitening = spec.whiten_advantages
     if whitening:
         advantages = _whiten(advantages, batch.loss_mask, ctx)
     return dataclasses.replace(batch, advantages=advantages, returns=returns), metrics

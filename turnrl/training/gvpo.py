@@ -162,7 +162,10 @@ def _check_pairs(group_ids: torch.Tensor) -> int:
 
 
 def make_gvpo(config: AlgorithmConfig) -> AdvantageEstimator:
-    """GVPO's weights on the first update from the sampler: centered rewards (for logging)."""
+    """GVPO's weights on the first update from the sampler: centered rewards (for logging).
+
+    Credit: every turn of a trajectory gets the trajectory's weight, in the loss too.
+    """
 
     def gvpo(batch: RolloutBatch, values: torch.Tensor | None = None) -> torch.Tensor:
         trajectories = batch.trajectories()
