@@ -77,6 +77,7 @@ def per_turn(batch, advantages):
         {"estimator": "grpo", "scale_rewards": "batch"},
         {"estimator": "rloo"},
         {"estimator": "gvpo", "beta": 0.5},
+        {"estimator": "turn_grpo", "turn_gamma": 0.9},
     ],
     ids=lambda a: "-".join(map(str, a.values())),
 )

@@ -67,7 +67,7 @@ def check_next_states(batch, trajectories, agent):
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("estimator", ["grpo", "rloo", "gae", "gvpo"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "gae", "gvpo", "turn_grpo", "turn_gae"])
 async def test_training_on_a_last_turn_view_uses_stepwise_rows(estimator, tiny_agent, tmp_path):
     scenarios = make_scenarios(n=8)
     env = KeepLastTurns(
@@ -104,7 +104,7 @@ async def test_training_on_a_last_turn_view_uses_stepwise_rows(estimator, tiny_a
             # The untrained model answers wrong: turn 2 saw only turn 1, a row of its own.
             assert any(t.turns[-1].view is not None for t in trajectories)
             assert metrics["train/num_sequences"] > metrics["train/num_trajectories"]
-            if estimator == "gae":
+            if estimator in ("gae", "turn_gae"):
                 check_next_states(seen[step], trajectories, tiny_agent)
     finally:
         trainer.close()
