@@ -46,12 +46,16 @@ PROFILES = ("conservative", "balanced", "aggressive")
 REWARD, STDERR, KL = "eval/reward_mean", "eval/reward_mean_stderr", "train/kl"
 
 
-def warm_start(task: str, seed: int, output: Path) -> tuple[Path, float, float]:
-    """Warm-start the task's model once for ``seed``; (its directory, final loss, seconds)."""
-    where = output / task / f"seed{seed}" / "warmstart"
+def warm_start(file: Path, seed: int, where: Path) -> tuple[Path, float, float]:
+    """Warm-start the experiment's model once for ``seed`` into ``where``.
+
+    Returns:
+        ``(where, final loss, seconds)``; a directory that holds a model already is
+        reused (loss nan, 0 s).
+    """
     if (where / "config.json").is_file():
         return where, float("nan"), 0.0
-    experiment = Experiment.from_yaml(HERE / f"{task}.yaml", overrides=[f"run.seed={seed}"])
+    experiment = Experiment.from_yaml(file, overrides=[f"run.seed={seed}"])
     started = time.perf_counter()
     seed_everything(seed)
     losses = experiment.warmstart()
@@ -59,10 +63,16 @@ def warm_start(task: str, seed: int, output: Path) -> tuple[Path, float, float]:
     return where, losses[-1], time.perf_counter() - started
 
 
-async def train(task: str, profile: str, seed: int, start: Path, output: Path) -> dict:
-    """One profile's run from the warm-started weights; its curve."""
-    where = output / task / f"seed{seed}" / profile
+async def train_curve(
+    file: Path, start: Path, seed: int, where: Path, *, profile: str | None, overrides: list[str]
+) -> dict:
+    """One run of ``file`` from the warm-started weights ``start``; its settings and curve.
+
+    The curve is ``[(step, held-out mean reward, its stderr), ...]`` from the
+    run's evaluations (step 0 first).
+    """
     overrides = [
+        *overrides,
         f"model.path={json.dumps(str(start))}",
         "warmstart.steps=0",
         f"run.seed={seed}",
@@ -71,16 +81,15 @@ async def train(task: str, profile: str, seed: int, start: Path, output: Path) -
         "run.plot=false",
         "run.save_final=false",
     ]
-    experiment = Experiment.from_yaml(HERE / f"{task}.yaml", profile=profile, overrides=overrides)
+    experiment = Experiment.from_yaml(file, profile=profile, overrides=overrides)
     summary = await experiment.run()
     records = read_metrics(where)
     curve = [(r["step"], r[REWARD], r.get(STDERR)) for r in records if r.get(REWARD) is not None]
     kls = [r[KL] for r in records if r.get(KL) is not None]
     config = json.loads((where / "config.json").read_text(encoding="utf-8"))
     return {
-        "task": task,
-        "profile": profile,
         "seed": seed,
+        "estimator": config["algorithm"]["estimator"],
         "lr": config["optim"]["lr"],
         "beta": config["algorithm"]["beta"],
         "num_generations": config["rollout"]["num_generations"],
@@ -116,33 +125,32 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list[dict], path: Path) -> None:
-    """One panel per task: held-out reward against step, a line per profile and seed."""
+def plot_curves(records: list[dict], path: Path, *, panel: str | None, line: str) -> None:
+    """Held-out reward against step with its stderr: a panel per ``record[panel]`` value
+    (one panel when None), a colour per ``record[line]`` value, dashed after seed 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    colors = {"conservative": "tab:blue", "balanced": "tab:green", "aggressive": "tab:red"}
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for r in (r for r in records if r["task"] == task):
-            steps = [c[0] for c in r["curve"]]
-            means = [c[1] for c in r["curve"]]
-            errs = [c[2] or 0.0 for c in r["curve"]]
-            label = f"{r['profile']} s{r['seed']}"
+    panels = list(dict.fromkeys(r[panel] for r in records)) if panel else [None]
+    lines = list(dict.fromkeys(r[line] for r in records))
+    colors = dict(zip(lines, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], panels, strict=True):
+        for r in (r for r in records if panel is None or r[panel] == name):
+            steps, means, errs = zip(*((c[0], c[1], c[2] or 0.0) for c in r["curve"]), strict=True)
             ax.errorbar(
                 steps,
                 means,
                 yerr=errs,
-                color=colors[r["profile"]],
-                label=label,
+                color=colors[r[line]],
+                label=f"{r[line]} s{r['seed']}",
                 capsize=2,
                 alpha=0.8,
                 linestyle="-" if r["seed"] == 0 else "--",
             )
-        ax.set_title(task)
+        ax.set_title(name or "")
         ax.set_xlabel("step")
         ax.set_ylabel("held-out reward")
         ax.legend(fontsize=7)
@@ -168,15 +176,17 @@ def main() -> None:
             todo = [p for p in args.profiles if (task, p, seed) not in done]
             if not todo:
                 continue
-            start, loss, seconds = warm_start(task, seed, args.output)
+            file, place = HERE / f"{task}.yaml", args.output / task / f"seed{seed}"
+            start, loss, seconds = warm_start(file, seed, place / "warmstart")
             print(f"{task} seed {seed}: warm-start loss {loss:.4f} in {seconds:.0f} s", flush=True)
             for profile in todo:
-                record = asyncio.run(train(task, profile, seed, start, args.output))
+                run = train_curve(file, start, seed, place / profile, profile=profile, overrides=[])
+                record = {"task": task, "profile": profile} | asyncio.run(run)
                 records.append(record)
                 results.write_text(json.dumps(records, indent=1))
                 print(json.dumps({k: v for k, v in record.items() if k != "curve"}), flush=True)
                 print("   curve:", [(s, round(m, 3)) for s, m, _ in record["curve"]], flush=True)
-    plot(records, args.output / "curves.png")
+    plot_curves(records, args.output / "curves.png", panel="task", line="profile")
     print(table(records))
 
 
