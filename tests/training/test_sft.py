@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from turnrl.agents.tiny import CHAT_TEMPLATE
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks import demonstration, make_scenarios
-from turnrl.training.sft import supervised_warmstart
+from turnrl.training.sft import demonstration_batch, supervised_warmstart
+from turnrl.types import assistant, user
 
 
 def demos():
@@ -93,3 +95,38 @@ def test_stop_when_ends_the_warm_start_at_a_check(tiny_path):
         agent, demos(), steps=10, batch_size=4, stop_when=stop_when, check_every=2, log_every=100
     )
     assert asked == [2, 4] and len(losses) == 4
+
+
+@pytest.mark.parametrize("rewrites", [False, True], ids=["prefix", "step-wise"])
+def test_train_on_last_masks_exactly_the_last_reply_in_whichever_row(tiny_path, rewrites):
+    """A template that drops earlier reasoning makes two rows of one demonstration; 'last'
+    keeps the loss on the last reply's tokens only, which sit in the second row."""
+    agent = TransformersAgent.from_pretrained(tiny_path)
+    if rewrites:  # the step-wise variant of docs/templates.md
+        agent.tokenizer.chat_template = CHAT_TEMPLATE.replace(
+            "message['content'] + '<|end|>'",
+            "(message['content'] if loop.last else message['content'].split('</think>')[-1])"
+            " + '<|end|>'",
+            1,
+        )
+    conversations = [
+        [
+            user(f"What is {a}+2?"),
+            assistant(f"<think>{a}+2</think>{a + 3}"),
+            user("Wrong. Try again."),
+            assistant(f"<think>again</think>{a + 2}"),
+        ]
+        for a in (2, 30)
+    ]
+    data = demonstration_batch(agent, conversations, train_on="last")
+    everything = demonstration_batch(agent, conversations, train_on="all")
+    assert len(data) == (4 if rewrites else 2)
+    end = agent.tokenizer.convert_tokens_to_ids("<|end|>")
+
+    def tokens(text):
+        return [*agent.tokenizer(text, add_special_tokens=False).input_ids, end]
+
+    trained = data.input_ids[data.loss_mask.bool()].tolist()
+    assert trained == tokens("<think>again</think>4") + tokens("<think>again</think>32")
+    firsts = tokens("<think>2+2</think>5") + tokens("<think>30+2</think>33")
+    assert int(everything.loss_mask.sum()) == len(trained) + len(firsts)

@@ -17,13 +17,44 @@ import structlog
 import torch
 
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.training.batch import build_batch
+from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.logprobs import token_logprobs
 from turnrl.training.offline import trajectory_from_messages
 from turnrl.training.optim import warmup_cosine
 from turnrl.types import Message, TrajectoryGroup
 
 log = structlog.get_logger(__name__)
+
+
+def demonstration_batch(
+    agent: TransformersAgent,
+    conversations: Sequence[Sequence[Message]],
+    *,
+    train_on: Literal["all", "last"] = "all",
+    tools: Sequence[dict[str, Any]] | None = None,
+    device: torch.device | str = "cpu",
+) -> RolloutBatch:
+    """The demonstrations as training rows, the loss on the assistant turns ``train_on`` picks.
+
+    Each conversation is encoded as the agent prompts itself
+    (:func:`~turnrl.training.offline.trajectory_from_messages`); a chat template
+    that rewrites history makes several rows of one conversation (step-wise
+    samples, :mod:`turnrl.training.layout`), and ``last`` keeps the loss on the
+    tokens of each conversation's last assistant turn, in whichever row it is.
+
+    Raises:
+        ValueError: ``train_on`` is neither ``all`` nor ``last``.
+    """
+    if train_on not in ("all", "last"):
+        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
+    trajectories = [trajectory_from_messages(agent, c, tools=tools) for c in conversations]
+    groups = [TrajectoryGroup(scenario=t.scenario, trajectories=[t]) for t in trajectories]
+    data = build_batch(groups, pad_token_id=agent.tokenizer.pad_token_id, device=device)
+    if train_on == "last":
+        turns = torch.tensor([len(t.turns) - 1 for t in trajectories], device=data.turn_ids.device)
+        last_turn = turns[data.trajectories().of_row]  # (N,) each row's trajectory's last turn
+        data.loss_mask *= (data.turn_ids == last_turn[:, None]).to(data.loss_mask.dtype)
+    return data
 
 
 def supervised_warmstart(
@@ -80,16 +111,9 @@ def supervised_warmstart(
         raise ValueError("no demonstrations to warm-start on")
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
-    trajectories = [trajectory_from_messages(agent, c, tools=tools) for c in conversations]
-    groups = [TrajectoryGroup(scenario=t.scenario, trajectories=[t]) for t in trajectories]
     model = agent.model
     device = next(model.parameters()).device
-    data = build_batch(groups, pad_token_id=agent.tokenizer.pad_token_id, device=device)
-    if train_on == "last":
-        for i, trajectory in enumerate(trajectories):
-            data.loss_mask[i, : len(trajectory.turns[-1].prompt_ids)] = 0.0
-    elif train_on != "all":
-        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
+    data = demonstration_batch(agent, conversations, train_on=train_on, tools=tools, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=betas)
     # Warmup over 10% of the steps, then cosine to 10%: stable from random init,
