@@ -27,7 +27,8 @@ from turnrl.environments.context import (
 )
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.environments.wrappers import EnvTimeoutError
-from turnrl.training.rollout import rollout_metrics, run_episode
+from turnrl.training.rollout import run_episode
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.types import Message, Trajectory, TrajectoryGroup, Turn, assistant, user
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,8 @@ from turnrl.tools import tool
 from turnrl.tools.calls import CompactParser, HermesParser
 from turnrl.training.batch import build_batch
 from turnrl.training.offline import trajectory_from_messages
-from turnrl.training.rollout import collect, offered_tools, rollout_metrics, run_episode
+from turnrl.training.rollout import collect, offered_tools, run_episode
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.types import Message, Scenario, TrajectoryGroup, Turn, system, user
 
 

@@ -12,7 +12,8 @@ from turnrl.environments.base import scenario_from_options
 from turnrl.environments.tasks import ArithmeticEnvironment, make_scenarios
 from turnrl.rewards import RewardResult, combine, score_groups
 from turnrl.training.config import TrainingConfig
-from turnrl.training.rollout import collect, rollout_metrics
+from turnrl.training.rollout import collect
+from turnrl.training.rollout_metrics import rollout_metrics
 from turnrl.training.trainer import Trainer
 from turnrl.types import Scenario, Trajectory, TrajectoryGroup, user
 

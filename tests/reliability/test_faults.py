@@ -188,7 +188,7 @@ async def test_empty_and_cut_off_turns_are_counted(agent, tmp_path):
     )
     cut = groups[1].trajectories[0].turns
     cut[0] = cut[0].model_copy(update={"finish_reason": "length"})
-    from turnrl.training.rollout import rollout_metrics
+    from turnrl.training.rollout_metrics import rollout_metrics
 
     metrics = rollout_metrics(groups)
     assert metrics["rollout/empty_turns"] >= 1.0
