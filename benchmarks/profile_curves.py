@@ -20,6 +20,9 @@ with its standard error over scenarios.
 
     python benchmarks/profile_curves.py --tasks arithmetic calculator guess --seeds 0 1
 
+A variant of the profiles (``--set optim.warmup_steps=10 --label +warmup10``) is
+recorded under the profile name plus the label.
+
 Results go to ``--output`` (``curves.json``, one record per run, kept between
 invocations so seeds can be added; ``curves.png``; a Markdown table on stdout).
 Rewards do not depend on machine load; wall times do.
@@ -107,7 +110,7 @@ def table(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for task in TASKS:
-        for profile in PROFILES:
+        for profile in dict.fromkeys(r["profile"] for r in records):
             rows = [r for r in records if r["task"] == task and r["profile"] == profile]
             if not rows:
                 continue
@@ -135,7 +138,8 @@ def plot_curves(records: list[dict], path: Path, *, panel: str | None, line: str
 
     panels = list(dict.fromkeys(r[panel] for r in records)) if panel else [None]
     lines = list(dict.fromkeys(r[line] for r in records))
-    colors = dict(zip(lines, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(lines)}
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, name in zip(axes[0], panels, strict=True):
         for r in (r for r in records if panel is None or r[panel] == name):
@@ -165,6 +169,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("runs/profile-curves"))
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run"
+    )
+    parser.add_argument(
+        "--label", default="", help="appended to the profile's name in the results (with --set)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -173,15 +183,18 @@ def main() -> None:
     done = {(r["task"], r["profile"], r["seed"]) for r in records}
     for task in args.tasks:
         for seed in args.seeds:
-            todo = [p for p in args.profiles if (task, p, seed) not in done]
+            todo = [p for p in args.profiles if (task, p + args.label, seed) not in done]
             if not todo:
                 continue
             file, place = HERE / f"{task}.yaml", args.output / task / f"seed{seed}"
             start, loss, seconds = warm_start(file, seed, place / "warmstart")
             print(f"{task} seed {seed}: warm-start loss {loss:.4f} in {seconds:.0f} s", flush=True)
             for profile in todo:
-                run = train_curve(file, start, seed, place / profile, profile=profile, overrides=[])
-                record = {"task": task, "profile": profile} | asyncio.run(run)
+                name = profile + args.label
+                run = train_curve(
+                    file, start, seed, place / name, profile=profile, overrides=args.set
+                )
+                record = {"task": task, "profile": name, "overrides": args.set} | asyncio.run(run)
                 records.append(record)
                 results.write_text(json.dumps(records, indent=1))
                 print(json.dumps({k: v for k, v in record.items() if k != "curve"}), flush=True)
