@@ -3,7 +3,8 @@
 Three stages, each a function the Trainer calls in turn:
 
 1. :func:`logprobs_and_values` (no gradients): the log-probs of the policy before the
-   update (the behavior log-probs when the batch has them), the reference
+   update (the behavior log-probs when the batch has them; the policy's own too when
+   the rollout/trainer mismatch is measured or corrected), the reference
    model's log-probs, and the critic's values (of every prefix, and of each
    truncated episode's next state, GAE's bootstrap), a micro-batch at a time.
 2. :func:`~turnrl.training.estimate.estimate`: the KL penalty in the reward
@@ -38,6 +39,7 @@ from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
 from turnrl.training.logprobs import forward_tokens, unscored_prefix
 from turnrl.training.losses import masked_mean
+from turnrl.training.mismatch import importance_weights, mismatch_metrics
 from turnrl.training.objective import Critic, micro_batch_loss, step_normalizer
 from turnrl.training.optim import (
     Optimization,
@@ -120,12 +122,16 @@ def logprobs_and_values(
     Groups without them (replayed or demonstration data) are scored under the
     current policy when the algorithm's loss allows it (GVPO's); a PPO ratio
     needs the log-probs the tokens were actually sampled with, so it refuses.
+    When the mismatch is measured (``mismatch.measure``, or a correction), the
+    policy's own log-probs are ``trainer_logprobs``; a correction makes them
+    ``old_logprobs`` and sets ``is_weights`` (:mod:`turnrl.training.mismatch`).
 
     Raises:
         ValueError: The batch has no behavior log-probs and the loss needs them.
     """
-    algo, opt = config.algorithm, config.optim
+    algo, opt, fix = config.algorithm, config.optim, config.mismatch
     need_old = not batch.has_behavior_logprobs
+    measured = fix.measured and not need_old
     loss = algorithm_for(algo).loss
     if need_old and loss.needs_behavior_logprobs:
         takers = [k for k, a in ALGORITHMS.items() if not a.loss.needs_behavior_logprobs]
@@ -135,15 +141,16 @@ def logprobs_and_values(
             "(replayed or demonstration data?). Give every Turn its logprobs, or use "
             f"{' or '.join(f'estimator={k!r}' for k in takers)}, which accepts off-policy groups."
         )
-    old = batch.behavior_logprobs.clone() if not need_old else torch.zeros_like(batch.loss_mask)
+    own = need_old or measured
+    old = batch.behavior_logprobs.clone() if not own else torch.zeros_like(batch.loss_mask)
     ref = torch.zeros_like(batch.loss_mask) if ref_model is not None else None
     values = torch.zeros_like(batch.loss_mask) if value_model is not None else None
-    if need_old or ref is not None or values is not None:
+    if own or ref is not None or values is not None:
         policy.eval()
         for rows in micro_batches(batch, opt.micro_batch_size, whole_groups=False):
             micro = batch.select(rows)
             w = micro.input_ids.shape[1]
-            scores = _score_micro_batch(policy, ref_model, value_model, micro, config, need_old)
+            scores = _score_micro_batch(policy, ref_model, value_model, micro, config, own)
             for into, part in zip((old, ref, values), scores, strict=True):
                 if part is not None:
                     into[rows, :w] = part
@@ -151,9 +158,19 @@ def logprobs_and_values(
     if value_model is not None and batch.next_input_ids is not None:
         next_values = next_state_values(policy, value_model, batch, config)
     mask = batch.loss_mask
+    trainer = old * mask if measured else None
+    weights = None
+    if measured and fix.correction != "none":
+        weights, _ = importance_weights(
+            old, batch.behavior_logprobs, mask, fix, batch.trajectory_ids
+        )
+    elif measured:
+        old = batch.behavior_logprobs.clone()  # the ratio stays against the engine's
     return dataclasses.replace(
         batch,
         old_logprobs=old * mask,
+        trainer_logprobs=trainer,
+        is_weights=weights,
         ref_logprobs=None if ref is None else ref * mask,
         values=values,
         next_values=next_values,
@@ -266,7 +283,9 @@ def policy_update(
     Returns:
         Metrics averaged over the optimizer steps (``loss/*``, ``train/*``);
         ``loss/*`` are this rank's share times the world size, so their mean
-        over ranks is the loss of the whole step.
+        over ranks is the loss of the whole step. With measured trainer
+        log-probs, the batch's mismatch metrics too
+        (:func:`~turnrl.training.mismatch.mismatch_metrics`).
     """
     algo, opt = config.algorithm, config.optim
     if batch.advantages is None or batch.old_logprobs is None:
@@ -302,7 +321,9 @@ def policy_update(
                 norm, was_skipped = optimizer_step(optim, opt.max_grad_norm)
             norms.append(norm)
             skipped += was_skipped
-    return _update_metrics(totals, norms, skipped, batch, optim)
+    return _update_metrics(totals, norms, skipped, batch, optim) | mismatch_metrics(
+        batch, config.mismatch
+    )
 
 
 def step_sizes(
