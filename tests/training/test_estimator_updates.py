@@ -262,6 +262,22 @@ def test_correction_none_is_bit_identical_to_the_uncorrected_update(algorithm):
     assert {k: v for k, v in with_metrics.items() if k in metrics} == metrics
 
 
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_the_update_measures_the_mismatch_it_would_correct(minibatches):
+    """Without a correction the first optimizer step's forwards measure what a correction's
+    own forward pass scores (on that step's rows: all of them, or its mini-batch's)."""
+    batch = mismatched(synthetic_batch(small_model()))
+    algo = {"num_minibatches": minibatches}
+    _, free = one_update(config(**algo), 4, batch)
+    _, scored = one_update(config({"correction": "tis", "cap": 10.0}, **algo), 4, batch)
+    assert free["train/mismatch_kl"] > 1e-2
+    if minibatches == 1:
+        for key in ("train/mismatch_kl", "train/is_ratio_mean", "train/is_ratio_max"):
+            assert free[key] == pytest.approx(scored[key], rel=1e-5)
+    else:  # half the groups: the same kind of number, not the same one
+        assert free["train/mismatch_kl"] != pytest.approx(scored["train/mismatch_kl"], rel=1e-5)
+
+
 def test_a_correction_changes_the_update_of_a_mismatched_batch():
     """With the engine's log-probs off, tis trains against the trainer's own: another update."""
     batch = mismatched(synthetic_batch(small_model()))

@@ -113,9 +113,10 @@ class MismatchConfig(Section):
     )
     measure: bool = Field(
         True,
-        description="Compute the trainer's log-probs (one forward pass without gradients) and "
-        "log train/mismatch_kl and train/is_ratio_* even when correction is none; with a "
-        "correction they are always computed. Needs turns with engine log-probs.",
+        description="Log train/mismatch_kl and train/is_ratio_* when correction is none too, "
+        "from the log-probs the update's first optimizer step computes before it moves the "
+        "policy (no extra forward pass); a correction scores them before the update anyway. "
+        "Needs turns with engine log-probs.",
     )
 
     @model_validator(mode="after")
@@ -131,8 +132,3 @@ class MismatchConfig(Section):
     def lower_bound(self) -> float:
         """MIS's lower bound: ``lower``, or ``1 / cap`` when unset."""
         return self.lower if self.lower is not None else 1.0 / self.cap
-
-    @property
-    def measured(self) -> bool:
-        """Whether the trainer computes its own log-probs of sampled tokens before the update."""
-        return self.correction != "none" or self.measure

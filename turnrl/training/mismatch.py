@@ -25,6 +25,11 @@ aggregation's token or trajectory count is the step's, as without correction,
 so the update stays independent of how the step is split); the log-weight is
 clamped to [-20, 20] before ``exp`` so a long sequence cannot overflow.
 
+Where the trainer's log-probs come from: with a correction, one forward pass
+without gradients before the update (the weights are needed before it);
+without one, the update's own forward passes before its first optimizer step
+(:class:`MismatchProbe`), so measuring costs nothing.
+
 Metrics (:func:`mismatch_metrics`): ``train/mismatch_kl``, the mean over
 sampled tokens of the k3 estimate of KL(pi_engine || pi_old) (tokens drawn
 from the engine); ``train/is_ratio_mean`` and ``train/is_ratio_max`` of the
@@ -35,7 +40,9 @@ share of them the correction changes, ``train/is_truncated_frac`` (tis) or
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -165,3 +172,45 @@ def mismatch_metrics(batch: RolloutBatch, config: MismatchConfig) -> dict[str, f
         _, changed = CORRECTIONS[config.correction](values, config.cap, config.lower_bound)
         metrics[CHANGED_METRIC[config.correction]] = masked_mean(changed.float(), unit_mask).item()
     return metrics
+
+
+@dataclass
+class MismatchProbe:
+    """The trainer's log-probs from the update's own forward passes, before the policy moves.
+
+    Without a correction the mismatch is measured at no extra cost: until the
+    first optimizer step the policy is the pre-update one, so the forward passes
+    of that step's micro-batches give the trainer's log-probs of its rows (all
+    rows with ``num_minibatches: 1``; the first mini-batch's otherwise).
+    """
+
+    batch_: RolloutBatch
+    logprobs: torch.Tensor  # (N, T)
+    rows: torch.Tensor | None = None  # the first optimizer step's rows, once it is taken
+
+    @classmethod
+    def of(cls, batch: RolloutBatch, config: MismatchConfig) -> MismatchProbe | None:
+        """A probe when the mismatch is measured and not already scored, else None."""
+        if not config.measure or batch.trainer_logprobs is not None:
+            return None
+        if not batch.has_behavior_logprobs:
+            return None
+        return cls(batch, torch.zeros_like(batch.loss_mask))
+
+    def recorder(self, rows: torch.Tensor) -> Callable[[torch.Tensor], None] | None:
+        """What keeps a micro-batch's log-probs (rows of the whole batch), before the step."""
+        if self.rows is not None:
+            return None
+
+        def record(logprobs: torch.Tensor) -> None:
+            self.logprobs[rows, : logprobs.shape[1]] = logprobs.float()
+
+        return record
+
+    def batch(self) -> RolloutBatch:
+        """The first optimizer step's rows, with the trainer's log-probs."""
+        assert self.rows is not None
+        rows = self.batch_.select(self.rows)
+        width = rows.input_ids.shape[1]
+        trainer = self.logprobs[self.rows, :width] * rows.loss_mask
+        return dataclasses.replace(rows, trainer_logprobs=trainer)
