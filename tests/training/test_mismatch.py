@@ -1,5 +1,6 @@
 """Rollout/trainer mismatch: hand-worked weights, metrics, config checks, and real runs."""
 
+import json
 import math
 
 import pytest
@@ -14,7 +15,9 @@ from turnrl.rewards import reward_function
 from turnrl.training.algorithms import PPO_CLIP, StepSizes, ppo_clip_policy_loss
 from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import AlgorithmConfig, MismatchConfig, TrainingConfig
+from turnrl.training.errors import ResumeConfigError
 from turnrl.training.mismatch import importance_weights, log_weights, mismatch_metrics
+from turnrl.training.resume import check_resume_config
 from turnrl.training.trainer import Trainer
 from turnrl.types import flatten
 
@@ -222,3 +225,15 @@ async def test_a_mismatched_engine_is_truncated_with_tis(tiny_path, tmp_path):
     on = batch.loss_mask.bool()
     assert set(batch.is_weights[on].round(decimals=3).tolist()) == {1.0, 2.0}  # min(e, 2) = 2
     trainer.close()
+
+
+def test_a_checkpoint_older_than_the_mismatch_section_resumes(tmp_path):
+    """A checkpoint written before the section existed ran as its defaults: no change."""
+    recorded = json.loads(TrainingConfig.from_profile().model_dump_json())
+    del recorded["mismatch"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    changes, refused = check_resume_config(tmp_path, TrainingConfig.from_profile(), force=False)
+    assert changes == {} and refused == {}
+    with pytest.raises(ResumeConfigError, match=r"mismatch\.correction"):
+        corrected = TrainingConfig.from_profile(mismatch={"correction": "tis"})
+        check_resume_config(tmp_path, corrected, force=False)
