@@ -99,10 +99,11 @@ def sgd(params):
     )
 
 
-def config(**algorithm):
+def config(mismatch=None, **algorithm):
     return TrainingConfig.from_profile(
         "balanced",
         algorithm=algorithm,
+        mismatch=mismatch or {},
         optim={"max_grad_norm": None, "micro_batch_size": 8},
         generation={"max_new_tokens": 6},
         rollout={"num_generations": 4},
@@ -205,6 +206,84 @@ def test_stepwise_micro_batches_keep_a_trajectory_together(algorithm):
     for a, b in zip(whole, split, strict=True):
         assert_close(a, b, atol=2e-6, rtol=1e-4)
     assert metrics["train/num_trajectories"] == 4.0 and metrics["train/num_sequences"] == 8.0
+
+
+def mismatched(batch, seed=1):
+    """``batch`` as an engine would record it whose log-probs differ from the trainer's by
+    up to +-0.8 per sampled token."""
+    noise = torch.rand(batch.loss_mask.shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+    return dataclasses.replace(
+        batch, behavior_logprobs=batch.behavior_logprobs + 1.6 * noise * batch.loss_mask
+    )
+
+
+MISMATCH_CASES = [
+    ({"estimator": "grpo"}, {"correction": "tis"}, False),
+    ({"estimator": "grpo"}, {"correction": "mis", "cap": 1.5}, False),
+    (
+        {"estimator": "grpo", "loss_aggregation": "seq_mean_token_mean"},
+        {"correction": "tis", "level": "sequence", "cap": 1.5},
+        False,
+    ),
+    ({"estimator": "gae"}, {"correction": "mis", "level": "sequence", "cap": 1.5}, False),
+    ({"estimator": "turn_grpo"}, {"correction": "tis", "cap": 1.2}, False),
+    ({"estimator": "rloo"}, {"correction": "mis", "level": "sequence", "cap": 1.5}, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "mismatch", "two_rows"), MISMATCH_CASES, ids=lambda c: str(c)
+)
+def test_micro_batch_1x8_equals_8x1_with_a_mismatch_correction(algorithm, mismatch, two_rows):
+    """The importance weights are the step's, so splitting it still does not change the update."""
+    cfg = config(mismatch, **algorithm)
+    batch = mismatched(synthetic_batch(small_model()))
+    if two_rows:
+        batch = stepwise(batch)
+    whole, metrics = one_update(cfg, 8, batch)
+    split, _ = one_update(cfg, 1, batch)
+    assert max(d.abs().max().item() for d in whole) > 1e-5
+    for a, b in zip(whole, split, strict=True):
+        assert_close(a, b, atol=2e-6, rtol=1e-4)
+    changed = metrics.get("train/is_truncated_frac", metrics.get("train/is_masked_frac"))
+    assert 0 < changed < 1  # the correction did something, and not everything
+    assert metrics["train/mismatch_kl"] > 1e-3
+
+
+@pytest.mark.parametrize("algorithm", CASES[:8], ids=lambda c: "-".join(map(str, c.values())))
+def test_correction_none_is_bit_identical_to_the_uncorrected_update(algorithm):
+    """Measuring the mismatch (an extra forward) leaves the update bit for bit as it was."""
+    batch = mismatched(synthetic_batch(small_model()))
+    plain, metrics = one_update(config({"measure": False}, **algorithm), 4, batch)
+    measured, with_metrics = one_update(config({"measure": True}, **algorithm), 4, batch)
+    for a, b in zip(plain, measured, strict=True):
+        assert torch.equal(a, b)
+    assert "train/mismatch_kl" not in metrics and with_metrics["train/mismatch_kl"] > 1e-3
+    assert {k: v for k, v in with_metrics.items() if k in metrics} == metrics
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_the_update_measures_the_mismatch_it_would_correct(minibatches):
+    """Without a correction the first optimizer step's forwards measure what a correction's
+    own forward pass scores (on that step's rows: all of them, or its mini-batch's)."""
+    batch = mismatched(synthetic_batch(small_model()))
+    algo = {"num_minibatches": minibatches}
+    _, free = one_update(config(**algo), 4, batch)
+    _, scored = one_update(config({"correction": "tis", "cap": 10.0}, **algo), 4, batch)
+    assert free["train/mismatch_kl"] > 1e-2
+    if minibatches == 1:
+        for key in ("train/mismatch_kl", "train/is_ratio_mean", "train/is_ratio_max"):
+            assert free[key] == pytest.approx(scored[key], rel=1e-5)
+    else:  # half the groups: the same kind of number, not the same one
+        assert free["train/mismatch_kl"] != pytest.approx(scored["train/mismatch_kl"], rel=1e-5)
+
+
+def test_a_correction_changes_the_update_of_a_mismatched_batch():
+    """With the engine's log-probs off, tis trains against the trainer's own: another update."""
+    batch = mismatched(synthetic_batch(small_model()))
+    plain, _ = one_update(config(), 8, batch)
+    corrected, _ = one_update(config({"correction": "tis"}), 8, batch)
+    assert max((a - b).abs().max().item() for a, b in zip(plain, corrected, strict=True)) > 1e-4
 
 
 def test_gvpo_gradient_is_weighted_policy_gradient():

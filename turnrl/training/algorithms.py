@@ -93,6 +93,9 @@ class PolicyLoss:
         takes_any_advantages: It trains on the estimator's advantages, so any
             estimator (a user's too) may feed it.
         uses_reference: Whether a config needs the frozen reference model.
+        takes_importance_weights: It multiplies its per-token terms by the batch's
+            ``is_weights`` (``mismatch.correction``); a loss without a PPO ratio
+            refuses a correction.
     """
 
     name: str
@@ -102,6 +105,7 @@ class PolicyLoss:
     adds_kl_term: bool
     takes_any_advantages: bool
     uses_reference: Callable[[AlgorithmConfig], bool]
+    takes_importance_weights: bool = False
 
 
 def _no_constraints(config: AlgorithmConfig) -> None:
@@ -155,11 +159,14 @@ def ppo_clip_policy_loss(
     clip-higher, Yu et al. 2025, arXiv 2503.14476); the ratio is per token; the
     per-token losses are aggregated as ``loss_aggregation`` says (see
     :mod:`turnrl.training.losses`); no value loss or entropy here (the caller
-    adds them, :func:`turnrl.training.objective.micro_batch_loss`).
+    adds them, :func:`turnrl.training.objective.micro_batch_loss`). With a
+    mismatch correction each token's term is multiplied by its detached
+    importance weight (:mod:`turnrl.training.mismatch`).
 
     Args:
         logprobs: Shape (n, T), the current policy's log-probs of ``micro``.
-        micro: With ``old_logprobs`` and ``advantages``.
+        micro: With ``old_logprobs`` and ``advantages`` (and ``is_weights``
+            under a mismatch correction).
         config: ``clip_eps_low``, ``clip_eps_high``, ``loss_aggregation``.
         step: The optimizer step's sizes.
     """
@@ -173,6 +180,8 @@ def ppo_clip_policy_loss(
         clip_eps_low=config.clip_eps_low,
         clip_eps_high=config.clip_eps_high,
     )
+    if micro.is_weights is not None:
+        per_token = per_token * micro.is_weights  # (n, T), detached weights
     aggregate = AGGREGATIONS[config.loss_aggregation]
     loss = aggregate(per_token, mask, step.normalizer, micro.trajectory_ids)
     share = mask.sum().item() / max(step.rank_tokens, 1)  # this micro-batch's share of tokens
@@ -194,6 +203,7 @@ PPO_CLIP = PolicyLoss(
     adds_kl_term=True,
     takes_any_advantages=True,
     uses_reference=_kl_coefficient_positive,
+    takes_importance_weights=True,
 )
 GVPO = PolicyLoss(
     name="gvpo",
@@ -203,6 +213,7 @@ GVPO = PolicyLoss(
     adds_kl_term=False,
     takes_any_advantages=False,
     uses_reference=gvpo.uses_reference,
+    takes_importance_weights=False,
 )
 
 LOSSES: dict[str, PolicyLoss] = {loss.name: loss for loss in (PPO_CLIP, GVPO)}

@@ -122,8 +122,15 @@ class RolloutBatch:
         terminated: Episode ended in a terminal state (each row of it). Shape (N,).
         truncated: Episode was cut by a limit (each row of it). Shape (N,).
         old_logprobs: Log-probs of the policy before this step's updates, the
-            denominator of the PPO ratio (the behavior log-probs for fresh
-            rollouts). Shape (N, T). Set by the trainer before the update.
+            denominator of the PPO ratio: the behavior log-probs for fresh
+            rollouts, or ``trainer_logprobs`` under a mismatch correction.
+            Shape (N, T). Set by the trainer before the update.
+        trainer_logprobs: The trainer's own log-probs of the sampled tokens
+            before the update, when the mismatch with the engine's is measured
+            (:mod:`turnrl.training.mismatch`). Shape (N, T).
+        is_weights: Detached importance weights the policy loss multiplies each
+            token's term by (``mismatch.correction``); None: no correction.
+            Shape (N, T).
         ref_logprobs: Log-probs under the reference model (or GVPO's
             ``pi_theta'``). Shape (N, T). Set by the trainer when needed.
         values: The critic's value of each prefix before the update (gae).
@@ -156,6 +163,8 @@ class RolloutBatch:
     terminated: torch.Tensor
     truncated: torch.Tensor
     old_logprobs: torch.Tensor | None = None
+    trainer_logprobs: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None

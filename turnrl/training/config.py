@@ -35,7 +35,7 @@ from pydantic import (
 
 from turnrl.training.algorithms import algorithm_for
 from turnrl.training.config_files import read_config_file
-from turnrl.training.config_run import EvalConfig, RunConfig, WandbConfig
+from turnrl.training.config_run import EvalConfig, MismatchConfig, RunConfig, WandbConfig
 from turnrl.training.config_sections import (
     AlgorithmConfig,
     GenerationSettings,
@@ -52,6 +52,7 @@ __all__ = [  # the sections are part of this module's API: TrainingConfig is mad
     "EvalConfig",
     "GenerationSettings",
     "LoraSettings",
+    "MismatchConfig",
     "ModelConfig",
     "OptimConfig",
     "RolloutConfig",
@@ -73,6 +74,9 @@ class TrainingConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollouts.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Algorithm.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimization.")
+    mismatch: MismatchConfig = Field(
+        default_factory=MismatchConfig, description="Rollout/trainer mismatch correction."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     run: RunConfig = Field(default_factory=RunConfig, description="Run directory and length.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb logging.")
@@ -85,6 +89,15 @@ class TrainingConfig(Section):
                 f"rollout.num_generations={self.rollout.num_generations}: the "
                 f"{self.algorithm.estimator!r} estimator compares episodes within a group, "
                 "so it needs num_generations >= 2"
+            )
+        loss = algorithm_for(self.algorithm).loss
+        if self.mismatch.correction != "none" and not loss.takes_importance_weights:
+            raise ValueError(
+                f"mismatch.correction={self.mismatch.correction!r} weights the terms of a PPO "
+                f"ratio, and the {loss.name} loss of estimator={self.algorithm.estimator!r} has "
+                "none (its gradient does not assume the responses came from the policy being "
+                "trained); set mismatch.correction: none (train/mismatch_kl is still measured), "
+                "or train a PPO-clip estimator"
             )
         if self.rollout.min_group_size > self.rollout.num_generations:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The sections of a TrainingConfig around the training itself: evaluation, the run, wandb.
+"""The sections of a TrainingConfig around the training itself: evaluation, the run, wandb,
+and the rollout/trainer mismatch correction.
 
 Split from :mod:`turnrl.training.config_sections` (the model, generation,
 rollout, algorithm and optimizer sections), with the same :class:`Section`
@@ -11,6 +12,7 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    model_validator,
 )
 
 from turnrl.training.config_sections import Section
@@ -85,3 +87,48 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="Run name.")
     tags: list[str] = Field(default_factory=list, description="Run tags.")
     mode: Literal["online", "offline", "disabled"] = Field("offline", description="wandb mode.")
+
+
+class MismatchConfig(Section):
+    """Rollout/trainer mismatch: measured, and corrected (turnrl.training.mismatch)."""
+
+    correction: Literal["none", "tis", "mis"] = Field(
+        "none",
+        description="none: the PPO ratio's denominator is the engine's recorded log-probs "
+        "(exact when the engine computes what the trainer does, as the fp32 HF engine does); "
+        "tis: the trainer's own pre-update log-probs, and each policy-gradient term weighted "
+        "by min(w, cap) with w = pi_trainer / pi_engine (truncated importance sampling); mis: "
+        "the same with w kept inside [lower, cap] and 0 outside (masked importance sampling).",
+    )
+    level: Literal["token", "sequence"] = Field(
+        "token",
+        description="Importance weight per token, or one per trajectory (the product of its "
+        "tokens' ratios over all its rows) given to each of its tokens.",
+    )
+    cap: float = Field(
+        2.0, ge=1, description="tis: the largest weight; mis: the upper bound of the kept weights."
+    )
+    lower: float | None = Field(
+        None, gt=0, description="mis: the lower bound of the kept weights (None: 1 / cap)."
+    )
+    measure: bool = Field(
+        True,
+        description="Log train/mismatch_kl and train/is_ratio_* when correction is none too, "
+        "from the log-probs the update's first optimizer step computes before it moves the "
+        "policy (no extra forward pass); a correction scores them before the update anyway. "
+        "Needs turns with engine log-probs.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> MismatchConfig:
+        if self.lower is not None and self.lower > self.cap:
+            raise ValueError(
+                f"lower={self.lower} exceeds cap={self.cap}: mis keeps weights in [lower, cap], "
+                "so lower must be at most cap (leave it unset for 1 / cap)"
+            )
+        return self
+
+    @property
+    def lower_bound(self) -> float:
+        """MIS's lower bound: ``lower``, or ``1 / cap`` when unset."""
+        return self.lower if self.lower is not None else 1.0 / self.cap

@@ -10,6 +10,7 @@ loss is the one the algorithm table pairs with the estimator
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -57,6 +58,7 @@ def micro_batch_loss(
     micro: RolloutBatch,
     step: StepSizes,
     config: TrainingConfig,
+    on_logprobs: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One micro-batch's share of the step loss, and its share of the metrics.
 
@@ -67,6 +69,8 @@ def micro_batch_loss(
             a loss that compares them).
         step: The sizes of the optimizer step the micro-batch belongs to.
         config: The training configuration.
+        on_logprobs: Called with the policy's log-probs of ``micro`` (n, T),
+            detached (the update measures the mismatch with them).
 
     Returns:
         The loss to backpropagate, and metrics (``loss/*``, ``train/*``) to sum
@@ -78,6 +82,8 @@ def micro_batch_loss(
     aggregate = AGGREGATIONS[algo.loss_aggregation]
     out = _policy_forward(policy, micro, config, hidden=critic is not None and critic.model.shared)
     share = mask.sum().item() / max(step.rank_tokens, 1)  # this micro-batch's share of the tokens
+    if on_logprobs is not None:
+        on_logprobs(out.logprobs.detach())
     loss, parts = spec.loss.compute(out.logprobs, micro, algo, step)
     parts["loss/policy"] = loss.item()
     if micro.ref_logprobs is not None:

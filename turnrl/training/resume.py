@@ -62,9 +62,12 @@ def check_resume_config(
     Raises:
         ResumeConfigError: A setting that changes training differs and ``force`` is False.
     """
-    changes = rundir.config_changes(
-        read_checkpoint_config(checkpoint), json.loads(config.model_dump_json())
-    )
+    recorded = read_checkpoint_config(checkpoint)
+    # A section newer than the checkpoint ran as its defaults then (the mismatch section).
+    defaults = TrainingConfig().model_dump(mode="json")
+    for name in ("mismatch",):
+        recorded.setdefault(name, defaults[name])
+    changes = rundir.config_changes(recorded, json.loads(config.model_dump_json()))
     refused = rundir.breaking(changes)
     if refused and not force:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())

@@ -69,6 +69,7 @@ HARMLESS = (
     "run.overwrite",
     "generation.weights",  # where generation reads the weights; it samples the same
     "optim.auto_lr_scale",  # acts only through optim.lr, which is compared as resolved
+    "mismatch.measure",  # metrics only; the update is the same
     "wandb",
     "eval",
     "base_dir",  # where an experiment's code was found; its targets are compared themselves

@@ -3,7 +3,8 @@
 Three stages, each a function the Trainer calls in turn:
 
 1. :func:`logprobs_and_values` (no gradients): the log-probs of the policy before the
-   update (the behavior log-probs when the batch has them), the reference
+   update (the behavior log-probs when the batch has them; the policy's own too when
+   the rollout/trainer mismatch is corrected), the reference
    model's log-probs, and the critic's values (of every prefix, and of each
    truncated episode's next state, GAE's bootstrap), a micro-batch at a time.
 2. :func:`~turnrl.training.estimate.estimate`: the KL penalty in the reward
@@ -38,6 +39,7 @@ from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
 from turnrl.training.logprobs import forward_tokens, unscored_prefix
 from turnrl.training.losses import masked_mean
+from turnrl.training.mismatch import MismatchProbe, importance_weights, mismatch_metrics
 from turnrl.training.objective import Critic, micro_batch_loss, step_normalizer
 from turnrl.training.optim import (
     Optimization,
@@ -120,12 +122,16 @@ def logprobs_and_values(
     Groups without them (replayed or demonstration data) are scored under the
     current policy when the algorithm's loss allows it (GVPO's); a PPO ratio
     needs the log-probs the tokens were actually sampled with, so it refuses.
+    Under a mismatch correction the policy's own log-probs are ``trainer_logprobs``
+    and ``old_logprobs``, and ``is_weights`` is set (:mod:`turnrl.training.mismatch`);
+    without one, :func:`policy_update` measures the mismatch from its own forwards.
 
     Raises:
         ValueError: The batch has no behavior log-probs and the loss needs them.
     """
-    algo, opt = config.algorithm, config.optim
+    algo, opt, fix = config.algorithm, config.optim, config.mismatch
     need_old = not batch.has_behavior_logprobs
+    measured = fix.correction != "none" and not need_old
     loss = algorithm_for(algo).loss
     if need_old and loss.needs_behavior_logprobs:
         takers = [k for k, a in ALGORITHMS.items() if not a.loss.needs_behavior_logprobs]
@@ -135,15 +141,16 @@ def logprobs_and_values(
             "(replayed or demonstration data?). Give every Turn its logprobs, or use "
             f"{' or '.join(f'estimator={k!r}' for k in takers)}, which accepts off-policy groups."
         )
-    old = batch.behavior_logprobs.clone() if not need_old else torch.zeros_like(batch.loss_mask)
+    own = need_old or measured
+    old = batch.behavior_logprobs.clone() if not own else torch.zeros_like(batch.loss_mask)
     ref = torch.zeros_like(batch.loss_mask) if ref_model is not None else None
     values = torch.zeros_like(batch.loss_mask) if value_model is not None else None
-    if need_old or ref is not None or values is not None:
+    if own or ref is not None or values is not None:
         policy.eval()
         for rows in micro_batches(batch, opt.micro_batch_size, whole_groups=False):
             micro = batch.select(rows)
             w = micro.input_ids.shape[1]
-            scores = _score_micro_batch(policy, ref_model, value_model, micro, config, need_old)
+            scores = _score_micro_batch(policy, ref_model, value_model, micro, config, own)
             for into, part in zip((old, ref, values), scores, strict=True):
                 if part is not None:
                     into[rows, :w] = part
@@ -151,9 +158,17 @@ def logprobs_and_values(
     if value_model is not None and batch.next_input_ids is not None:
         next_values = next_state_values(policy, value_model, batch, config)
     mask = batch.loss_mask
+    trainer = old * mask if measured else None
+    weights = None
+    if measured:
+        weights, _ = importance_weights(
+            old, batch.behavior_logprobs, mask, fix, batch.trajectory_ids
+        )
     return dataclasses.replace(
         batch,
         old_logprobs=old * mask,
+        trainer_logprobs=trainer,
+        is_weights=weights,
         ref_logprobs=None if ref is None else ref * mask,
         values=values,
         next_values=next_values,
@@ -266,7 +281,11 @@ def policy_update(
     Returns:
         Metrics averaged over the optimizer steps (``loss/*``, ``train/*``);
         ``loss/*`` are this rank's share times the world size, so their mean
-        over ranks is the loss of the whole step.
+        over ranks is the loss of the whole step. The mismatch metrics
+        (:func:`~turnrl.training.mismatch.mismatch_metrics`) too: of the
+        trainer's log-probs scored before the update under a correction, or
+        else (``mismatch.measure``) of those the first optimizer step's
+        forward passes computed before it moved the policy.
     """
     algo, opt = config.algorithm, config.optim
     if batch.advantages is None or batch.old_logprobs is None:
@@ -279,6 +298,7 @@ def policy_update(
     totals: dict[str, float] = defaultdict(float)
     norms, skipped, done = [], 0, 0
     passes_per_step = algo.num_iterations * algo.num_minibatches
+    probe = MismatchProbe.of(batch, config.mismatch)
     policy.train()
     for _ in range(algo.num_iterations):
         for rows in minibatches(batch, algo.num_minibatches, generator):
@@ -289,7 +309,12 @@ def policy_update(
                 # Gradients are all-reduced once per optimizer step, on its last micro-batch.
                 with maybe_no_sync([forward_policy, forward_value], sync=k == len(chunks) - 1):
                     loss, parts = micro_batch_loss(
-                        forward_policy, critic, mini.select(micro_rows), step, config
+                        forward_policy,
+                        critic,
+                        mini.select(micro_rows),
+                        step,
+                        config,
+                        probe.recorder(rows[micro_rows]) if probe is not None else None,
                     )
                     with record_function("turnrl/backward"):
                         optim.scaler.scale(loss * ctx.world_size).backward()
@@ -298,11 +323,16 @@ def policy_update(
                 done += 1
                 if on_micro_batch is not None:
                     on_micro_batch(done, max(done, passes_per_step * len(chunks)))
+            if probe is not None and probe.rows is None:
+                probe.rows = rows  # the policy moves now: later forwards measure nothing
             with record_function("turnrl/optimizer_step"):
                 norm, was_skipped = optimizer_step(optim, opt.max_grad_norm)
             norms.append(norm)
             skipped += was_skipped
-    return _update_metrics(totals, norms, skipped, batch, optim)
+    measured = probe.batch() if probe is not None else batch
+    return _update_metrics(totals, norms, skipped, batch, optim) | mismatch_metrics(
+        measured, config.mismatch
+    )
 
 
 def step_sizes(
