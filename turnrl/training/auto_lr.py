@@ -14,9 +14,10 @@ Where the numbers come from: 2e-4 is the lr the demo was tuned with (the
 embedded 3.4M-parameter model, full fine-tune, ``balanced``); 1e-6 is the
 ``balanced`` lr common for RL on pretrained 0.5B-8B LLMs, which the profiles
 used before ``auto``. Values between 5M and 500M parameters are interpolated,
-not measured. The profiles' ``auto_lr_scale`` (0.5, 1, 3) keeps their old
-ratio to each other; LoRA's factor 10 is the usual rule of thumb for
-adapters against a full fine-tune of the same model.
+not measured. The profiles' ``auto_lr_scale``: 0.5 for ``conservative``, 1 for
+``balanced`` and ``aggressive`` (3 collapsed a warm-started policy on the
+arithmetic task; benchmarks/RESULTS.md, "Profiles"). LoRA's factor 10 is the
+usual rule of thumb for adapters against a full fine-tune of the same model.
 """
 
 from __future__ import annotations

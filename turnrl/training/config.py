@@ -10,9 +10,11 @@ and JSON parsers keep the last value silently.
 Profiles are named starting points that differ in how hard each update
 pushes the policy (see :data:`PROFILES` and the table in docs/configuration.md):
 
-- ``conservative``: small steps, a strong pull to the reference model.
+- ``conservative``: half the steps, a strong pull to the reference model.
 - ``balanced``: the defaults.
-- ``aggressive``: bigger steps, clip-higher, no KL term, more samples.
+- ``aggressive``: held less and exploring more: no KL term, clip-higher and
+  twice the samples per scenario, at ``balanced``'s step size (three times it
+  collapsed a warm-started policy: benchmarks/RESULTS.md, "Profiles").
 
 Every profile sets ``optim.lr: auto``: the Trainer picks the learning rate
 from the model's size (2e-4 for the embedded 3.4M-parameter model, 1e-6 from
@@ -220,7 +222,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "aggressive": {
         "algorithm": {"beta": 0.0, "clip_eps_low": 0.2, "clip_eps_high": 0.28},
-        "optim": {"lr": "auto", "auto_lr_scale": 3.0, "max_grad_norm": 1.0, "warmup_steps": 0},
+        "optim": {"lr": "auto", "auto_lr_scale": 1.0, "max_grad_norm": 1.0, "warmup_steps": 5},
         "rollout": {"num_generations": 16},
     },
 }

@@ -284,7 +284,7 @@ class OptimConfig(Section):
         1.0,
         gt=0,
         description="With lr: auto, multiply the size rule's lr by this (the profiles: "
-        "conservative 0.5, balanced 1, aggressive 3); unused when lr is a number.",
+        "conservative 0.5, balanced and aggressive 1); unused when lr is a number.",
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field(
