@@ -94,6 +94,7 @@ def test_the_sweep_covers_every_section():
         "optim",
         "eval",
         "run",
+        "mismatch",
     }
     assert len(SECTIONS) > 30
 
