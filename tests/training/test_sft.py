@@ -1,11 +1,18 @@
 """Supervised warm-start: learns, masks earlier turns when asked, splits steps exactly."""
 
+import random
+
 import pytest
 import torch
 
+from turnrl.agents.tiny import REASONING_CHAT_TEMPLATE
 from turnrl.agents.transformers import TransformersAgent
 from turnrl.environments.tasks import demonstration, make_scenarios
-from turnrl.training.sft import supervised_warmstart
+from turnrl.training.batch import build_batch
+from turnrl.training.logprobs import token_logprobs
+from turnrl.training.offline import trajectory_from_messages
+from turnrl.training.sft import last_turn_rows, supervised_warmstart
+from turnrl.types import TrajectoryGroup, assistant, user
 
 
 def demos():
@@ -93,3 +100,38 @@ def test_stop_when_ends_the_warm_start_at_a_check(tiny_path):
         agent, demos(), steps=10, batch_size=4, stop_when=stop_when, check_every=2, log_every=100
     )
     assert asked == [2, 4] and len(losses) == 4
+
+
+def test_train_on_last_finds_the_last_turn_in_step_wise_rows(tiny_path):
+    """With a template that drops earlier thinking, each turn is a row of its own: 'last'
+    keeps one row per demonstration, the loss on its last reply only."""
+    agent = TransformersAgent.from_pretrained(tiny_path)
+    agent.tokenizer.chat_template = REASONING_CHAT_TEMPLATE
+    opening = [user("What is 1+2?"), assistant("<think>1+2=3</think>3"), user("And 2+2?")]
+    conversations = [[*opening, assistant(f"<think>2+2={n}</think>{n}")] for n in (4, 5, 14)]
+    trajectories = [trajectory_from_messages(agent, c) for c in conversations]
+    groups = [TrajectoryGroup(scenario=t.scenario, trajectories=[t]) for t in trajectories]
+    data = build_batch(groups, pad_token_id=agent.tokenizer.pad_token_id)
+    assert len(data) == 6  # two rows per demonstration
+    kept = last_turn_rows(data, [1, 1, 1])
+    assert len(kept) == 3 and kept.trajectory_ids.tolist() == [0, 1, 2]
+    for row, trajectory in enumerate(trajectories):
+        last = trajectory.turns[-1]
+        start = len(last.prompt_ids)
+        ids = kept.input_ids[row, : start + len(last.completion_ids)].tolist()
+        assert ids == last.prompt_ids + last.completion_ids
+        assert kept.loss_mask[row].nonzero().squeeze(-1).tolist() == list(
+            range(start, start + len(last.completion_ids))
+        )
+    # supervised_warmstart trains on exactly those tokens: its first loss, at the
+    # initial weights, is their mean negative log-likelihood over the sampled rows.
+    rng = random.Random(0)  # the rows supervised_warmstart samples
+    rows = torch.tensor([rng.randrange(3) for _ in range(8)])
+    picked = kept.select(rows)
+    with torch.no_grad():
+        logprobs = token_logprobs(agent.model, picked.input_ids, picked.attention_mask)  # (8, T)
+    expected = -(logprobs * picked.loss_mask).sum() / picked.loss_mask.sum()
+    (loss,) = supervised_warmstart(
+        agent, conversations, steps=1, batch_size=8, train_on="last", max_grad_norm=None
+    )
+    assert loss == pytest.approx(float(expected), rel=1e-5)

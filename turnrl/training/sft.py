@@ -17,13 +17,30 @@ import structlog
 import torch
 
 from turnrl.agents.transformers import TransformersAgent
-from turnrl.training.batch import build_batch
+from turnrl.training.batch import RolloutBatch, build_batch
 from turnrl.training.logprobs import token_logprobs
 from turnrl.training.offline import trajectory_from_messages
 from turnrl.training.optim import warmup_cosine
 from turnrl.types import Message, TrajectoryGroup
 
 log = structlog.get_logger(__name__)
+
+
+def last_turn_rows(data: RolloutBatch, last_turns: Sequence[int]) -> RolloutBatch:
+    """The rows of ``data`` holding each trajectory's last turn, with the loss on that turn only.
+
+    A trajectory may span several rows (a chat template that drops earlier
+    thinking makes each turn a row of its own): the turn is found by
+    ``turn_ids``, not by position, and rows left without loss are dropped.
+
+    Args:
+        data: A batch from :func:`build_batch`, with ``turn_ids``.
+        last_turns: The index of each trajectory's last turn, in trajectory order.
+    """
+    last = torch.tensor(last_turns, device=data.loss_mask.device)  # (M,)
+    on_last = data.turn_ids == data.trajectories().rows(last)[:, None]  # (N, T)
+    data.loss_mask = data.loss_mask * on_last
+    return data.select(on_last.any(-1))
 
 
 def supervised_warmstart(
@@ -86,8 +103,7 @@ def supervised_warmstart(
     device = next(model.parameters()).device
     data = build_batch(groups, pad_token_id=agent.tokenizer.pad_token_id, device=device)
     if train_on == "last":
-        for i, trajectory in enumerate(trajectories):
-            data.loss_mask[i, : len(trajectory.turns[-1].prompt_ids)] = 0.0
+        data = last_turn_rows(data, [len(t.turns) - 1 for t in trajectories])
     elif train_on != "all":
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
     params = [p for p in model.parameters() if p.requires_grad]
