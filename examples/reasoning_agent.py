@@ -16,7 +16,9 @@ the quiz takes the first integer of a reply, which would be inside it.
 
 1. Warm-start the random model on a sloppy teacher's demonstrations, thinking
    included: half of its sums are off by ten.
-2. GRPO with the balanced profile; the held-out reward is printed before and after.
+2. GRPO with the balanced profile; the reward on held-out quizzes is printed
+   before and after (quizzes no demonstration or RL step saw; with sums this
+   small, their single questions do occur in training).
 
 `--context drop-reasoning` keeps the default (prefix) template and drops the
 thinking with a context policy instead (`turnrl.DropReasoning`, the same view
