@@ -1,7 +1,15 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from turnrl.agents.tiny import build_tiny_model, tiny_model_path
+from turnrl.agents import check_chat_template
+from turnrl.agents.tiny import (
+    CHAT_TEMPLATE,
+    REASONING_CHAT_TEMPLATE,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    tiny_model_path,
+)
 
 
 def test_loads_with_from_pretrained(tiny_path):
@@ -38,3 +46,52 @@ def test_chat_template_marks_assistant_tokens(tiny_path):
     )
     masked = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
     assert tokenizer.decode(masked) == "42<|end|>"
+
+
+def test_reasoning_template_drops_thinking_before_the_last_user_message():
+    reasoning, default = build_tiny_tokenizer("reasoning"), build_tiny_tokenizer()
+    conversation = [
+        {"role": "user", "content": "What is 7+5?"},
+        {"role": "assistant", "content": "<think>7+5=12</think> 12"},
+        {"role": "user", "content": "Right. What is 1+2?"},
+        {"role": "assistant", "content": "<think>1+2=3</think>3"},
+    ]
+    # The earlier reply loses its thinking and the space after it; the last keeps all.
+    stripped = [conversation[0], {"role": "assistant", "content": "12"}, *conversation[2:]]
+    assert reasoning.apply_chat_template(conversation, tokenize=False) == (
+        default.apply_chat_template(stripped, tokenize=False)
+    )
+    # A reply after the last user message (the turn in progress) keeps its thinking.
+    upto = conversation[:2]
+    assert reasoning.apply_chat_template(upto, tokenize=False) == (
+        default.apply_chat_template(upto, tokenize=False)
+    )
+    assert reasoning.get_vocab() == default.get_vocab()
+
+
+def test_reasoning_template_is_reported_step_wise():
+    assert check_chat_template(build_tiny_tokenizer()).mode == "prefix"
+    report = check_chat_template(build_tiny_tokenizer("reasoning"))
+    assert report.usable and report.mode == "step-wise"
+    first = report.rewrites[0]
+    assert (first.turn, first.role, first.seen_at) == (2, "assistant", 6)
+    assert first.diff.startswith("removed '<think>")
+
+
+def test_reasoning_model_path_has_its_own_directory(tmp_path):
+    default = tiny_model_path(root=tmp_path)
+    reasoning = tiny_model_path(root=tmp_path, template="reasoning")
+    assert reasoning != default and reasoning.name.startswith("tiny-default-reasoning-s0-")
+    assert tiny_model_path(root=tmp_path, template="default") == default
+    tokenizer = AutoTokenizer.from_pretrained(reasoning)
+    assert tokenizer.chat_template == REASONING_CHAT_TEMPLATE
+    assert AutoTokenizer.from_pretrained(default).chat_template == CHAT_TEMPLATE
+    same = AutoModelForCausalLM.from_pretrained(reasoning).state_dict()
+    for name, weight in AutoModelForCausalLM.from_pretrained(default).state_dict().items():
+        torch.testing.assert_close(same[name], weight, msg=name)
+
+
+def test_unknown_template_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown tiny chat template 'qwen3'.*reasoning"):
+        tiny_model_path(root=tmp_path, template="qwen3")
+    assert not list(tmp_path.iterdir())

@@ -52,6 +52,34 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
 
+# Qwen3's rule for reasoning: an assistant message before the last user message
+# loses its thinking span (everything up to ``</think>`` and the whitespace after
+# it); the later ones (the turn in progress, its tool calls) keep theirs. An
+# episode's later prompts then stop extending the earlier ones: step-wise mode.
+REASONING_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- set content = message['content'] -%}"
+    "{%- if loop.index0 < ns.last_user and '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip() -%}"
+    "{%- endif -%}"
+    "{% generation %}{{ content + '<|end|>' }}{% endgeneration %}"
+    "{%- else -%}"
+    "{{ message['content'] + '<|end|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
+)
+
+CHAT_TEMPLATES: dict[str, str] = {"default": CHAT_TEMPLATE, "reasoning": REASONING_CHAT_TEMPLATE}
+"""The chat templates of the embedded tokenizer, by name: ``default`` keeps every
+turn as it was (prefix mode), ``reasoning`` drops earlier thinking (step-wise)."""
+
 SIZES: dict[str, dict[str, int]] = {
     # ~3.4M parameters: learns the arithmetic demo in minutes on two CPU cores.
     "default": {
@@ -72,8 +100,16 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The character-level tokenizer with a chat template."""
+def build_tiny_tokenizer(template: str = "default") -> PreTrainedTokenizerFast:
+    """The character-level tokenizer with a chat template of :data:`CHAT_TEMPLATES`.
+
+    The vocabulary is the same for every template: ``<think>`` and ``</think>``
+    are plain characters to it.
+
+    Raises:
+        ValueError: ``template`` is not one of :data:`CHAT_TEMPLATES`.
+    """
+    chat_template = _chat_template(template)
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in CHARS:
         vocab[ch] = len(vocab)
@@ -90,8 +126,16 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def _chat_template(name: str) -> str:
+    if name not in CHAT_TEMPLATES:
+        raise ValueError(
+            f"unknown tiny chat template {name!r}; choose one of {sorted(CHAT_TEMPLATES)}"
+        )
+    return CHAT_TEMPLATES[name]
 
 
 def tiny_config(size: str = "default", **overrides: Any) -> LlamaConfig:
@@ -135,29 +179,40 @@ def cache_dir() -> Path:
 
 
 def tiny_model_path(
-    size: str = "default", *, seed: int = 0, root: str | Path | None = None
+    size: str = "default",
+    *,
+    seed: int = 0,
+    root: str | Path | None = None,
+    template: str = "default",
 ) -> Path:
     """Build (once) and save the tiny model and tokenizer; return their directory.
 
     The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
-    ``AutoTokenizer.from_pretrained``.
+    ``AutoTokenizer.from_pretrained``. ``template="reasoning"`` gives the same
+    weights with the chat template that drops earlier thinking
+    (:data:`REASONING_CHAT_TEMPLATE`), in a directory of its own.
+
+    Raises:
+        ValueError: Unknown ``size`` or ``template``.
     """
+    chat_template = _chat_template(template)
     config = tiny_config(size)
     key = json.dumps(
-        {"config": config.to_dict(), "seed": seed, "template": CHAT_TEMPLATE},
+        {"config": config.to_dict(), "seed": seed, "template": chat_template},
         sort_keys=True,
         default=str,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     target = Path(root) if root is not None else cache_dir()
-    path = target / f"tiny-{size}-s{seed}-{digest}"
+    name = size if template == "default" else f"{size}-{template}"
+    path = target / f"tiny-{name}-s{seed}-{digest}"
     if (path / "config.json").exists():
         return path
     target.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target))
     try:
         build_tiny_model(size, seed=seed).save_pretrained(tmp)
-        build_tiny_tokenizer().save_pretrained(tmp)
+        build_tiny_tokenizer(template).save_pretrained(tmp)
         try:
             tmp.rename(path)
         except OSError:
