@@ -105,9 +105,9 @@ def turn_ids_from_mask(
 
     Batches that do not carry ``turn_ids`` hold one row per trajectory, with
     environment or template tokens between consecutive turns, so the runs of
-    the loss mask are the turns. This fallback is temporary: a batch built with
-    ``turn_ids`` is read as is (two turns with no token between would be read
-    as one here). Rows of one trajectory (consecutive, in turn order) continue
+    the loss mask are the turns. ``build_batch`` always sets ``turn_ids``; this
+    reads batches built by hand without them (two turns with no token between
+    would be read as one here). Rows of one trajectory (consecutive, in turn order) continue
     its numbering.
 
     Args:
@@ -142,14 +142,11 @@ def turn_table(batch: RolloutBatch) -> TurnTable:
     """
     n, width = batch.loss_mask.shape
     device = batch.loss_mask.device
-    trajectory_ids = getattr(batch, "trajectory_ids", None)
-    turn_ids = getattr(batch, "turn_ids", None)
-    if turn_ids is None:  # temporary: batches built before turn_ids existed, or by hand
-        turn_ids = turn_ids_from_mask(batch.loss_mask, trajectory_ids)
-    if trajectory_ids is None:
-        trajectory_ids = torch.arange(n, device=device)
-    _, of_row = torch.unique(trajectory_ids, return_inverse=True)  # (N,) 0..M-1
-    m = int(of_row.max()) + 1 if n else 0
+    turn_ids = batch.turn_ids
+    if turn_ids is None:  # a batch built by hand without them
+        turn_ids = turn_ids_from_mask(batch.loss_mask, batch.trajectory_ids)
+    trajectories = batch.trajectories()
+    of_row, m = trajectories.of_row, trajectories.count  # (N,) 0..M-1
     sampled = (batch.loss_mask > 0) & (turn_ids >= 0)  # (N, T)
     k = int(turn_ids[sampled].max()) + 1 if bool(sampled.any()) else 1
     cell = torch.where(sampled, of_row[:, None] * k + turn_ids, -1)  # (N, T)

@@ -34,7 +34,7 @@ import torch
 from torch.profiler import record_function
 
 from turnrl.training.algorithms import ALGORITHMS, StepSizes, algorithm_for
-from turnrl.training.batch import RolloutBatch, TrajectoryIndex
+from turnrl.training.batch import RolloutBatch
 from turnrl.training.config import TrainingConfig
 from turnrl.training.distributed import DistributedContext, all_sum, maybe_no_sync
 from turnrl.training.logprobs import forward_tokens, unscored_prefix
@@ -64,7 +64,7 @@ def micro_batches(batch: RolloutBatch, size: int, *, whole_groups: bool) -> list
     trajectories = batch.trajectories()
     if not whole_groups and trajectories.is_identity:
         return list(torch.argsort(lengths, stable=True).split(size))
-    units = _group_rows(batch) if whole_groups else _trajectory_rows(trajectories)
+    units = _rows_by(batch.group_ids if whole_groups else trajectories.of_row)
     units = sorted(units, key=lambda rows: int(lengths[rows].max()))
     out, current = [], []
     for unit in units:
@@ -82,7 +82,7 @@ def minibatches(
 ) -> list[torch.Tensor]:
     """Row indices of ``count`` mini-batches, each made of whole groups (shuffled if a
     generator is given)."""
-    groups = _group_rows(batch)
+    groups = _rows_by(batch.group_ids)
     if count > len(groups):
         raise ValueError(
             f"algorithm.num_minibatches={count} exceeds the {len(groups)} groups of the batch"
@@ -94,18 +94,12 @@ def minibatches(
     return [torch.tensor(sorted(r for g in part for r in g)) for part in share]
 
 
-def _group_rows(batch: RolloutBatch) -> list[list[int]]:
+def _rows_by(labels: torch.Tensor) -> list[list[int]]:
+    """The row indices of each label (a group, a trajectory), in order of first row."""
     rows: dict[int, list[int]] = defaultdict(list)
-    for i, g in enumerate(batch.group_ids.tolist()):
-        rows[g].append(i)
+    for i, label in enumerate(labels.tolist()):
+        rows[label].append(i)
     return list(rows.values())
-
-
-def _trajectory_rows(trajectories: TrajectoryIndex) -> list[list[int]]:
-    rows: list[list[int]] = [[] for _ in range(trajectories.count)]
-    for i, m in enumerate(trajectories.of_row.tolist()):
-        rows[m].append(i)
-    return rows
 
 
 @torch.no_grad()
@@ -341,7 +335,7 @@ def step_sizes(
     """The sizes of the optimizer step on ``mini`` (this rank's share), summed over ranks."""
     trajectories = mini.trajectories().count  # a trajectory of several rows counts once
     tokens, sequences, groups, micros = all_sum(
-        [mini.num_tokens, trajectories, len(_group_rows(mini)), num_micro_batches], ctx
+        [mini.num_tokens, trajectories, len(_rows_by(mini.group_ids)), num_micro_batches], ctx
     )
     return StepSizes(
         normalizer=step_normalizer(tokens, sequences, config),
